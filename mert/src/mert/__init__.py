@@ -1,0 +1,3 @@
+"""MERT: self-supervised music audio encoder."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,59 @@
+# Uniform targets of every project (mert, chatmusician, yue). Included by each project's Makefile:
+#
+#   PROJECT := mert
+#   include ../shared/make/project.mk
+#
+# Targets: install test demo train train-slurm lint handoff (plus data, test-slow, test-slurm).
+# Variables: CONFIG=<yaml> picks a config, ARGS="key=value ..." passes overrides, VENV=<dir> the environment.
+# Inside the monorepo the root .venv is used; a project folder taken alone (make handoff) builds its own.
+
+SHELL := /bin/bash
+PROJECT_DIR := $(abspath $(dir $(firstword $(MAKEFILE_LIST))))
+SHARED := $(abspath $(PROJECT_DIR)/../shared)
+REPO := $(abspath $(SHARED)/..)
+VENV ?= $(if $(wildcard $(REPO)/.git),$(REPO)/.venv,$(PROJECT_DIR)/.venv)
+PY := $(VENV)/bin/python
+CONFIG ?= configs/tiny.yaml
+ARGS ?=
+PYTEST_ARGS ?=
+export MUSIC_DATA_DIR ?= $(REPO)/data/kit
+export MUSIC_RUNS_DIR ?= $(PROJECT_DIR)/runs
+export PYTHONUNBUFFERED := 1
+
+.PHONY: install setup test test-slow test-slurm demo train train-slurm lint handoff data help
+
+help:
+	@echo "$(PROJECT): make install | test | demo | train [CONFIG=..] [ARGS='k=v ...'] | train-slurm | lint | handoff"
+
+# Idempotent: re-runs only when a pyproject.toml changed (stamp inside the venv).
+install setup:
+	@bash $(SHARED)/scripts/setup.sh --venv "$(VENV)" $(SHARED) $(PROJECT_DIR)
+
+data: install
+	$(PY) -m musiccore.data build --root "$(MUSIC_DATA_DIR)"
+
+test: install
+	cd $(PROJECT_DIR) && $(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-slow: install
+	cd $(PROJECT_DIR) && $(PY) -m pytest -q --runslow $(PYTEST_ARGS)
+
+test-slurm: install
+	cd $(PROJECT_DIR) && $(PY) -m pytest -q -m slurm $(PYTEST_ARGS)
+
+train: install
+	cd $(PROJECT_DIR) && $(VENV)/bin/$(PROJECT) train --config $(CONFIG) $(ARGS)
+
+train-slurm: install
+	cd $(PROJECT_DIR) && $(PY) -m musiccore.slurm submit --project $(PROJECT) --config $(CONFIG) $(if $(ARGS),-- $(ARGS))
+
+lint: install
+	cd $(PROJECT_DIR) && $(PY) -m compileall -q src tests && $(PY) -m pytest -q tests/test_imports.py
+
+# Copy this project and shared/ into a temporary folder, install there from scratch, run the tests.
+handoff:
+	@bash $(SHARED)/scripts/handoff.sh $(PROJECT)
+
+# The project's main job on its tiny default, end to end (builds the data kit first).
+demo: data
+	cd $(PROJECT_DIR) && $(VENV)/bin/$(PROJECT) demo $(ARGS)
