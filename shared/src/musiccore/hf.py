@@ -1,0 +1,152 @@
+"""transformers.Trainer plumbing shared by the three projects.
+
+- :class:`LineLogCallback`: one plain line per logging step (reads well in a Slurm ``.out`` file) and a
+  ``metrics.jsonl`` row per log, on the main process only.
+- :class:`PreemptionCallback`: on SIGUSR1/SIGTERM (Slurm's warning signal, or torchrun forwarding a
+  SIGTERM) finish the current step, save a checkpoint and stop, so the requeued job resumes.
+- :func:`last_checkpoint`: the newest complete ``checkpoint-<step>`` folder, for ``resume_from_checkpoint``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import time
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+from .runs import append_jsonl
+
+log = logging.getLogger(__name__)
+
+
+def _fmt(v: float) -> str:
+    if isinstance(v, float) and (abs(v) < 1e-2 or abs(v) >= 1e4) and v != 0:
+        return f"{v:.3e}"
+    return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+class LineLogCallback(TrainerCallback):
+    """Log ``step N/M | loss .. | lr .. | grad_norm .. | <rate> <unit>/s`` at each Trainer log event.
+
+    Args:
+        items_per_step: how many ``unit`` one optimizer step consumes over all ranks (e.g. audio seconds or
+            tokens); ``None`` uses samples = per-device batch x accumulation x world size.
+        unit: name of the throughput unit in the log line.
+        metrics_file: jsonl file for the rows (default ``<output_dir>/metrics.jsonl``).
+    """
+
+    def __init__(self, items_per_step: float | None = None, unit: str = "samples", metrics_file: str | Path | None = None):
+        self.items_per_step = items_per_step
+        self.unit = unit
+        self.metrics_file = Path(metrics_file) if metrics_file else None
+        self._last_step = 0
+        self._last_time = time.perf_counter()
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._last_step = state.global_step
+        self._last_time = time.perf_counter()
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        now = time.perf_counter()
+        steps = state.global_step - self._last_step
+        per_step = self.items_per_step
+        if per_step is None:
+            per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * max(args.world_size, 1)
+        rate = steps * per_step / max(now - self._last_time, 1e-9) if steps > 0 else float("nan")
+        self._last_step, self._last_time = state.global_step, now
+        parts = [f"step {state.global_step}/{state.max_steps}"]
+        for key, name in (("loss", "loss"), ("eval_loss", "eval_loss"), ("learning_rate", "lr"), ("grad_norm", "grad_norm")):
+            if key in logs and logs[key] is not None:
+                parts.append(f"{name} {_fmt(float(logs[key]))}")
+        for key, val in logs.items():
+            if key not in {"loss", "eval_loss", "learning_rate", "grad_norm", "epoch", "total_flos"} and isinstance(val, (int, float)):
+                if not key.endswith(("_runtime", "_per_second")):
+                    parts.append(f"{key} {_fmt(float(val))}")
+        if not math.isnan(rate):
+            parts.append(f"{rate:.1f} {self.unit}/s")
+        log.info(" | ".join(parts))
+        row = {"step": state.global_step, "time": time.time(), **{k: v for k, v in logs.items() if isinstance(v, (int, float))}}
+        if not math.isnan(rate):
+            row[f"{self.unit}_per_s"] = rate
+        append_jsonl(self.metrics_file or Path(args.output_dir) / "metrics.jsonl", row)
+
+
+class PreemptionCallback(TrainerCallback):
+    """Save and stop at the end of the current step after SIGUSR1 or SIGTERM.
+
+    Slurm sends the job's warning signal (``--signal=B:USR1@120``) to the batch script, which forwards a
+    SIGTERM through ``srun`` and ``torchrun`` to every rank; each rank sets a flag here, the Trainer saves a
+    checkpoint at the step boundary (all ranks together, so ZeRO/FSDP shards stay consistent) and returns.
+    ``preempted`` tells the entry point to exit without writing final artifacts.
+    """
+
+    def __init__(self, signals: tuple[int, ...] = (signal.SIGUSR1, signal.SIGTERM)):
+        self.preempted = False
+        self._signals = signals
+        self._previous: dict[int, object] = {}
+
+    def _handler(self, signum, frame):
+        if not self.preempted:
+            log.warning("received %s: saving a checkpoint at the end of this step, then stopping", signal.Signals(signum).name)
+        self.preempted = True
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        for s in self._signals:
+            try:
+                self._previous[s] = signal.signal(s, self._handler)
+            except ValueError:  # not the main thread (e.g. a notebook worker): nothing to install
+                pass
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.preempted:
+            control.should_save = True
+            control.should_training_stop = True
+        return control
+
+    def on_train_end(self, args, state, control, **kwargs):
+        for s, h in self._previous.items():
+            signal.signal(s, h)  # type: ignore[arg-type]
+        self._previous.clear()
+
+
+def last_checkpoint(output_dir: str | Path) -> str | None:
+    """Newest ``checkpoint-<step>`` folder holding a trainer state; a half-written one is skipped.
+
+    The Trainer writes ``trainer_state.json`` last, so a folder without it is an interrupted save.
+    """
+    output_dir = Path(output_dir)
+    if not output_dir.is_dir():
+        return None
+    ckpts = [p for p in output_dir.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
+    for ckpt in sorted(ckpts, key=lambda p: int(p.name.split("-")[-1]), reverse=True):
+        if (ckpt / "trainer_state.json").exists():
+            return str(ckpt)
+        log.warning("ignoring incomplete checkpoint %s", ckpt)
+    return None
+
+
+def setup_logging(run_dir: str | Path | None = None, rank: int = 0, level: int = logging.INFO) -> None:
+    """Plain ``time level name: message`` lines on stderr (rank 0) and in ``<run_dir>/logs/train.log.rank<r>``."""
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S")
+    root = logging.getLogger()
+    root.setLevel(level)
+    for h in list(root.handlers):
+        if getattr(h, "_musiccore", False):
+            root.removeHandler(h)
+    if rank == 0:
+        sh = logging.StreamHandler()
+        sh.setFormatter(fmt)
+        sh._musiccore = True  # type: ignore[attr-defined]
+        root.addHandler(sh)
+    if run_dir is not None:
+        p = Path(run_dir) / "logs" / f"train.log.rank{rank}"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        fh = logging.FileHandler(p)
+        fh.setFormatter(fmt)
+        fh._musiccore = True  # type: ignore[attr-defined]
+        root.addHandler(fh)

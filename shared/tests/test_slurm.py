@@ -1,0 +1,93 @@
+"""Slurm launch: template rendering (always) and real submissions on the local Slurm (marker ``slurm``)."""
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from musiccore import slurm
+
+
+def test_render_single_and_multi_node(tmp_path):
+    spec = slurm.train_job("mert", "configs/tiny.yaml", ["optim.lr=0.001"], project_dir=tmp_path, log_dir=str(tmp_path))
+    text = slurm.render(spec)
+    assert "#SBATCH --job-name=mert-tiny" in text
+    assert "#SBATCH --nodes=1" in text
+    assert "-m mert.cli train --config configs/tiny.yaml optim.lr=0.001" in text
+    assert "--nproc-per-node=1" in text
+    assert "--gpus-per-node" not in text and "--partition" not in text
+    # bash variables survive the template ($$ escapes), template fields are all filled
+    assert "${SLURM_JOB_ID}" in text and "$(scontrol show hostnames" in text
+    assert "${" not in text.replace("${SLURM", "").replace("${HEAD}", "").replace("${PORT}", "")
+
+    spec = slurm.train_job("yue", "configs/x.yaml", [], nodes=4, gpus_per_node=8, partition="gpu", account="proj", log_dir=str(tmp_path))
+    text = slurm.render(spec)
+    for line in ("#SBATCH --nodes=4", "#SBATCH --gpus-per-node=8", "#SBATCH --partition=gpu", "#SBATCH --account=proj",
+                 "#SBATCH --cpus-per-task=64"):
+        assert line in text
+    assert "--nproc-per-node=8" in text
+
+
+def test_render_reads_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("SLURM_PARTITION", "long")
+    monkeypatch.setenv("MUSIC_SLURM_TIME", "02:00:00")
+    text = slurm.render(slurm.train_job("chatmusician", "c.yaml", log_dir=str(tmp_path)))
+    assert "#SBATCH --partition=long" in text and "#SBATCH --time=02:00:00" in text
+
+
+def test_rendered_script_is_valid_bash(tmp_path):
+    text = slurm.render(slurm.train_job("mert", "configs/tiny.yaml", ["a=1"], log_dir=str(tmp_path)))
+    p = tmp_path / "x.sbatch"
+    p.write_text(text)
+    assert subprocess.run(["bash", "-n", str(p)]).returncode == 0
+
+
+def test_missing_sbatch_is_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(slurm.SlurmError, match="sbatch not found"):
+        slurm.submit(slurm.JobSpec(module="x", log_dir=str(tmp_path)))
+
+
+def _selftest_job(tmp_path, steps, step_seconds, nproc=2):
+    return slurm.JobSpec(
+        module="musiccore.slurm.selftest", args=["--out", str(tmp_path / "out"), "--steps", str(steps), "--step-seconds", str(step_seconds)],
+        workdir=str(tmp_path), job_name=f"selftest-{tmp_path.name}", nproc_per_node=nproc, time="00:10:00", log_dir=str(tmp_path / "logs"),
+    )
+
+
+@pytest.mark.slurm
+def test_torchrun_job_through_sbatch(tmp_path):
+    job = slurm.submit(_selftest_job(tmp_path, steps=2, step_seconds=0.0))
+    state = slurm.wait(job, timeout=300)
+    log = next((tmp_path / "logs").glob("*.out")).read_text()
+    assert state == "COMPLETED", log
+    res = json.loads((tmp_path / "out" / "result.json").read_text())
+    assert res["world_size"] == 2 and res["rank_sum"] == 1.0 and res["slurm_job_id"] == job
+
+
+@pytest.mark.slurm
+def test_warning_signal_checkpoints_requeues_and_resumes(tmp_path):
+    job = slurm.submit(_selftest_job(tmp_path, steps=12, step_seconds=1.0, nproc=1))
+    slurm.wait(job, timeout=120, until={"RUNNING"})
+    state_file = tmp_path / "out" / "state.json"
+    deadline = time.monotonic() + 60
+    while not state_file.exists() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert state_file.exists(), "job never started stepping"
+    slurm.signal_job(job, "USR1")
+    # Slurm holds a requeued job back for a while (BeginTime); release it now so the test stays short.
+    slurm.wait(job, timeout=120, until={"PENDING"})
+    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=False)
+    deadline = time.monotonic() + 300
+    while not (tmp_path / "out" / "result.json").exists() and time.monotonic() < deadline:
+        time.sleep(1)
+    log = "\n".join(p.read_text() for p in (tmp_path / "logs").glob("*.out"))
+    assert (tmp_path / "out" / "result.json").exists(), log
+    res = json.loads((tmp_path / "out" / "result.json").read_text())
+    assert res["steps"] == 12
+    assert res["launches"] == 2, log  # killed once, resumed once
+    assert res["restart_count"] == 1
+    assert "USR1: checkpoint and requeue" in log
+    assert slurm.wait(job, timeout=120) == "COMPLETED"
