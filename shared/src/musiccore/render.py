@@ -1,0 +1,244 @@
+"""Offline rendering: music21 score -> MIDI (GM programs, channels, tempo) and MIDI -> WAV (fluidsynth).
+
+Tools come from Debian packages (``apt-get install fluidsynth timgm6mb-soundfont abcmidi``). A missing
+tool raises :class:`ToolNotFoundError` (a ``RuntimeError``) naming the tool and the package to install.
+Every output file is written atomically (:func:`musiccore.runs.atomic_path`), and every subprocess runs
+with a timeout.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Sequence
+
+from musiccore.runs import atomic_path
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "ToolNotFoundError",
+    "RenderError",
+    "SOUNDFONT_CANDIDATES",
+    "find_soundfont",
+    "tool_available",
+    "require_tool",
+    "run_tool",
+    "score_to_midi",
+    "midi_to_wav",
+]
+
+# Debian package that provides each external tool (for the install hint in errors).
+TOOL_PACKAGES = {
+    "abc2midi": "abcmidi",
+    "midi2abc": "abcmidi",
+    "abc2abc": "abcmidi",
+    "fluidsynth": "fluidsynth",
+    "timidity": "timidity",
+    "sox": "sox",
+}
+
+SOUNDFONT_CANDIDATES = (
+    "/usr/share/sounds/sf2/TimGM6mb.sf2",
+    "/usr/share/sounds/sf2/FluidR3_GM.sf2",
+    "/usr/share/sounds/sf2/default-GM.sf2",
+)
+
+
+class ToolNotFoundError(RuntimeError):
+    """An external program (or the soundfont) is not installed; the message says how to install it."""
+
+
+class RenderError(RuntimeError):
+    """An external renderer ran but failed (non-zero exit, no output, timeout); names the file."""
+
+
+def tool_available(name: str) -> bool:
+    return shutil.which(name) is not None
+
+
+def require_tool(name: str) -> str:
+    """Absolute path of ``name`` on PATH, or :class:`ToolNotFoundError` with the apt-get package."""
+    path = shutil.which(name)
+    if path is None:
+        pkg = TOOL_PACKAGES.get(name, name)
+        raise ToolNotFoundError(f"{name} not found on PATH; install it with `apt-get install {pkg}`")
+    return path
+
+
+def run_tool(cmd: Sequence[str], *, what: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    """Run an external tool with a timeout and captured text output (never raises on a non-zero exit).
+
+    ``what`` names the input in error messages. Raises :class:`ToolNotFoundError` if the program is
+    missing and :class:`RenderError` on a timeout.
+    """
+    require_tool(cmd[0])
+    try:
+        return subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout, errors="replace")
+    except subprocess.TimeoutExpired as e:
+        raise RenderError(f"{what}: {cmd[0]} timed out after {timeout:g} s") from e
+
+
+def find_soundfont() -> Path:
+    """The GM soundfont to render with: ``$MUSIC_SOUNDFONT``, else TimGM6mb, FluidR3_GM, default-GM.
+
+    Raises :class:`ToolNotFoundError` if ``MUSIC_SOUNDFONT`` points to a missing file or none is installed.
+    """
+    env = os.environ.get("MUSIC_SOUNDFONT")
+    if env:
+        p = Path(env).expanduser()
+        if not p.is_file():
+            raise ToolNotFoundError(f"MUSIC_SOUNDFONT={env} does not exist")
+        return p
+    for c in SOUNDFONT_CANDIDATES:
+        if Path(c).is_file():
+            return Path(c)
+    raise ToolNotFoundError(
+        "no GM soundfont found (looked at $MUSIC_SOUNDFONT, " + ", ".join(SOUNDFONT_CANDIDATES)
+        + "); install one with `apt-get install timgm6mb-soundfont`"
+    )
+
+
+def _free_channels():
+    """MIDI channels 0..15 except 9 (drums in General MIDI), then wrap around."""
+    chans = [c for c in range(16) if c != 9]
+    i = 0
+    while True:
+        yield chans[i % len(chans)]
+        i += 1
+
+
+def score_to_midi(score, path: str | Path, programs: int | Sequence[int] | None = None,
+                  tempo_bpm: float | None = None) -> Path:
+    """Write a music21 stream as MIDI with a chosen General MIDI program per part; returns the path.
+
+    The score is copied, never modified. For each part (a stream without parts is one part), existing
+    ``Instrument`` objects are removed and a plain ``instrument.Instrument`` with ``midiProgram`` and its
+    own ``midiChannel`` (0..15, skipping the drum channel 9) is inserted at offset 0. ``programs`` is one
+    program for every part or one per part (0..127; ``None`` keeps each part's own instruments).
+    ``tempo_bpm`` replaces every metronome mark with one quarter-note mark at the start. Written atomically.
+    """
+    from music21 import instrument, stream, tempo
+
+    path = Path(path)
+    s = copy.deepcopy(score)
+    parts = list(s.parts) if isinstance(s, stream.Score) and len(s.parts) else [s]
+    if programs is not None:
+        progs = [int(programs)] * len(parts) if isinstance(programs, int) else [int(p) for p in programs]
+        if len(progs) != len(parts):
+            raise ValueError(f"{len(progs)} programs given for {len(parts)} parts")
+        for p in progs:
+            if not 0 <= p <= 127:
+                raise ValueError(f"GM program must be 0..127, got {p}")
+        chans = _free_channels()
+        for part, prog in zip(parts, progs):
+            for inst in list(part.recurse().getElementsByClass(instrument.Instrument)):
+                inst.activeSite.remove(inst)
+            inst = instrument.Instrument()
+            inst.midiProgram = prog
+            inst.midiChannel = next(chans)
+            part.insert(0, inst)
+    if tempo_bpm is not None:
+        if not tempo_bpm > 0:
+            raise ValueError(f"tempo_bpm must be > 0, got {tempo_bpm}")
+        for mm in list(s.recurse().getElementsByClass(tempo.TempoIndication)):
+            mm.activeSite.remove(mm)
+        target = parts[0]
+        first_measure = next(iter(target.getElementsByClass(stream.Measure)), None)
+        (first_measure if first_measure is not None else target).insert(0, tempo.MetronomeMark(number=float(tempo_bpm)))
+    if not any(True for _ in s.recurse().notes):
+        raise ValueError("score_to_midi: the score has no notes")
+    with atomic_path(path, suffix=".mid") as tmp:
+        s.write("midi", fp=str(tmp))
+        if programs is not None:
+            # music21 gives parts with the same program one shared channel; put each part on its own
+            _set_track_channels(tmp, [p.getInstrument(returnDefault=False).midiChannel for p in parts])
+    return path
+
+
+def _set_track_channels(path: Path, channels: list[int]) -> None:
+    """Rewrite the channel of every channel event so that part track i uses ``channels[i]`` (0-based).
+
+    music21 writes a conductor track and then one track per part, in part order; a file with another
+    layout is left as written.
+    """
+    from music21 import midi
+
+    mf = midi.MidiFile()
+    mf.open(str(path))
+    mf.read()
+    mf.close()
+    tracks = [tr for tr in mf.tracks if any(ev.isNoteOn() for ev in tr.events)]
+    if len(tracks) != len(channels):
+        log.warning("%s: %d note tracks for %d parts; channels left as music21 wrote them",
+                    path, len(tracks), len(channels))
+        return
+    for tr, ch in zip(tracks, channels):
+        for ev in tr.events:
+            if isinstance(ev, midi.MidiEvent) and isinstance(ev.type, midi.ChannelVoiceMessages):
+                ev.channel = ch + 1  # music21 numbers channels 1..16
+    mf.open(str(path), "wb")
+    mf.write()
+    mf.close()
+
+
+def midi_to_wav(midi: str | Path, wav: str | Path, sample_rate: int = 22050, gain: float = 0.6,
+                soundfont: str | Path | None = None, timeout: float = 120, trim_tail: bool = True) -> Path:
+    """Render a MIDI file to a 16-bit stereo WAV with fluidsynth; returns the WAV path.
+
+    Runs ``fluidsynth -ni -q -F <tmp.wav> -T wav -r <sample_rate> -g <gain> <soundfont> <midi>`` with a
+    timeout; the soundfont defaults to :func:`find_soundfont`. fluidsynth keeps rendering ~3 s of silence
+    after the last note; ``trim_tail`` cuts the file 0.25 s after the last sample above -60 dBFS, so the
+    WAV lasts as long as the music (plus the notes' release). The WAV appears only when rendering
+    succeeded (atomic write). Raises ``FileNotFoundError`` for a missing MIDI, :class:`RenderError` when
+    the file is not MIDI or fluidsynth fails, :class:`ToolNotFoundError` when fluidsynth is missing.
+    """
+    midi, wav = Path(midi), Path(wav)
+    if not midi.is_file():
+        raise FileNotFoundError(f"{midi}: no such MIDI file")
+    with midi.open("rb") as f:
+        if f.read(4) != b"MThd":
+            raise RenderError(f"{midi}: not a MIDI file (no MThd header)")
+    if not 1000 <= int(sample_rate) <= 192000:
+        raise ValueError(f"sample_rate {sample_rate} out of range")
+    require_tool("fluidsynth")
+    sf = Path(soundfont) if soundfont is not None else find_soundfont()
+    if not sf.is_file():
+        raise ToolNotFoundError(f"soundfont {sf} does not exist")
+    with atomic_path(wav, suffix=".wav") as tmp:
+        cmd = ["fluidsynth", "-ni", "-q", "-F", str(tmp), "-T", "wav", "-r", str(int(sample_rate)),
+               "-g", f"{float(gain):g}", str(sf), str(midi)]
+        proc = run_tool(cmd, what=str(midi), timeout=timeout)
+        # fluidsynth exits 0 even when it rejects the MIDI ("fluidsynth: error: ..."), writing a header-only WAV
+        errors = [ln for ln in (proc.stderr + "\n" + proc.stdout).splitlines() if "error" in ln.lower()]
+        if proc.returncode != 0 or errors or not tmp.exists() or _wav_frames(tmp) == 0:
+            why = (errors[0] if errors else (proc.stderr or proc.stdout).strip()[:300]) or "no audio written"
+            raise RenderError(f"{midi}: fluidsynth failed (exit {proc.returncode}): {why}")
+        if trim_tail:
+            _trim_tail(tmp, threshold=1e-3, keep_s=0.25)
+    return wav
+
+
+def _trim_tail(path: Path, threshold: float, keep_s: float) -> None:
+    """Cut trailing near-silence of a WAV in place (keeps ``keep_s`` after the last loud sample)."""
+    import numpy as np
+    import soundfile as sf
+
+    data, sr = sf.read(str(path), dtype="int16", always_2d=True)
+    loud = np.flatnonzero(np.abs(data).max(axis=1) > threshold * 32767)
+    end = len(data) if loud.size == 0 else min(len(data), int(loud[-1]) + 1 + int(keep_s * sr))
+    if end < len(data):
+        sf.write(str(path), data[:end], sr, subtype="PCM_16", format="WAV")
+
+
+def _wav_frames(path: Path) -> int:
+    import soundfile as sf
+
+    try:
+        return sf.info(str(path)).frames
+    except RuntimeError:
+        return 0
