@@ -69,3 +69,83 @@ def require_tool(*names: str) -> None:
     for n in names:
         if shutil.which(n) is None:
             pytest.skip(f"{n} not installed (make setup installs it)")
+
+
+# ------------------------------------------------------------------------------------------------ data kit
+#: sizes of the tiny kit that the ``datakit`` fixture builds (shared by every project's tests)
+DATAKIT_SIZES = {"tunes": 40, "clips": 6, "clip_seconds": 5.0, "sample_rate": 24000, "seed": 0}
+
+
+def _datakit_code_version() -> str:
+    """Hash of the code that decides the kit's content (data package, abc, render, audio modules)."""
+    import hashlib
+    from pathlib import Path
+
+    here = Path(__file__).parent
+    files = sorted((here / "data").glob("*.py")) + [here / f for f in ("abc.py", "render.py", "audio.py")]
+    h = hashlib.sha256()
+    for f in files:
+        if f.exists():
+            h.update(f.name.encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()[:12]
+
+
+def _datakit_songs() -> int:
+    """1 song when Festival and the songs step are available, else 0."""
+    if shutil.which("text2wave") is None:
+        return 0
+    try:
+        from musiccore.data import songs  # noqa: F401
+    except ImportError:
+        return 0
+    return 1 if hasattr(songs, "build_song") and hasattr(songs, "select_song_sources") else 0
+
+
+@pytest.fixture(scope="session")
+def datakit():
+    """Root ``Path`` of a tiny offline data kit (40 tunes, 6 clips of 5 s, 1 song when Festival is installed).
+
+    Built once into ``musiccore.runs.cache_dir()/test-datakit-<hash of sizes and code>`` under a file lock, so two
+    pytest processes never build it at the same time; later sessions only verify it (checksums) and reuse it.
+    Skips when music21, fluidsynth or a GM soundfont is missing.
+    """
+    import hashlib
+    import json
+
+    pytest.importorskip("music21")
+    require_tool("fluidsynth")
+    try:
+        from musiccore.render import find_soundfont
+
+        find_soundfont()
+    except Exception as e:  # ToolNotFoundError or a missing render module
+        pytest.skip(f"datakit needs a GM soundfont: {e}")
+    from musiccore.data import build
+    from musiccore.data.manifest import FileLock
+    from musiccore.runs import cache_dir
+
+    sizes = dict(DATAKIT_SIZES, songs=_datakit_songs())
+    tag = hashlib.sha256(json.dumps([sizes, _datakit_code_version()], sort_keys=True).encode()).hexdigest()[:12]
+    root = cache_dir() / f"test-datakit-{tag}"
+    with FileLock(cache_dir() / f"test-datakit-{tag}.lock"):
+        # build() is resumable: on an intact kit it only checks checksums (well under a second)
+        build(root, tunes=sizes["tunes"], clips=sizes["clips"], songs=sizes["songs"], seed=sizes["seed"],
+              clip_seconds=sizes["clip_seconds"], sample_rate=sizes["sample_rate"], workers=2)
+    _prune_old_datakits(root)
+    return root
+
+
+def _prune_old_datakits(keep, max_age_days: float = 7.0) -> None:
+    """Delete test kits of older code versions that no session used for ``max_age_days`` (a kit's folder mtime
+    changes at every build or check); each is removed under its own lock, so a kit in use is never deleted."""
+    import time
+
+    from musiccore.data.manifest import FileLock
+
+    for d in keep.parent.glob("test-datakit-*"):
+        if d == keep or not d.is_dir() or time.time() - d.stat().st_mtime < max_age_days * 86400:
+            continue
+        with FileLock(d.parent / f"{d.name}.lock"):
+            if d.exists() and time.time() - d.stat().st_mtime >= max_age_days * 86400:
+                shutil.rmtree(d, ignore_errors=True)
