@@ -1,9 +1,9 @@
 """A tiny distributed job for checking a Slurm set-up end to end (used by the ``slurm`` tests).
 
 Run as ``torchrun -m musiccore.slurm.selftest --out DIR --steps N --step-seconds S``: every rank joins a gloo
-process group, all-reduces its rank, and counts steps in ``DIR/state.json`` (written atomically each step). A
-SIGTERM (what the sbatch template forwards on Slurm's warning signal) makes it save and exit; a relaunch resumes
-from the saved step, which is how requeue-and-resume is tested.
+process group, all-reduces its rank, and counts steps. The count is saved to ``DIR/state.json`` only when a SIGTERM
+arrives (what the sbatch template sends on Slurm's warning signal) or at the end, so a relaunch that resumes
+from the middle proves that the signal reached the ranks and they saved before being stopped.
 """
 
 from __future__ import annotations
@@ -41,19 +41,20 @@ def main(argv: list[str] | None = None) -> int:
     state_path = out / "state.json"
     state = json.loads(state_path.read_text()) if state_path.exists() else {"step": 0, "launches": 0}
     state["launches"] += 1
+    if rank == 0:
+        atomic_write_json(out / f"started-{state['launches']}.json", state)
     while state["step"] < a.steps:
         time.sleep(a.step_seconds)
         state["step"] += 1
-        if rank == 0:
-            atomic_write_json(state_path, state)
         if stop["flag"]:
-            print(f"rank {rank}: SIGTERM, saved at step {state['step']}", flush=True)
+            state["saved_at"] = state["step"]
+            print(f"rank {rank}: SIGTERM, saving at step {state['step']}", flush=True)
             break
     if rank == 0:
         atomic_write_json(state_path, state)
         if state["step"] >= a.steps:
             atomic_write_json(out / "result.json", {
-                "world_size": world, "rank_sum": t.item(), "steps": state["step"], "launches": state["launches"],
+                "world_size": world, "resumed_from": state.get("saved_at"), "rank_sum": t.item(), "steps": state["step"], "launches": state["launches"],
                 "slurm_job_id": os.environ.get("SLURM_JOB_ID"), "restart_count": int(os.environ.get("SLURM_RESTART_COUNT", 0)),
             })
     dist.destroy_process_group()
