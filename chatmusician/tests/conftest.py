@@ -17,7 +17,6 @@ torch.set_num_threads(1)
 
 PROJECT = Path(__file__).resolve().parents[1]
 CONFIGS = PROJECT / "configs"
-PY = PROJECT.parent / ".venv" / "bin" / "python"
 
 # small and fast: 80 tunes, 4 bars each, one transposition
 SMALL = ["data.tunes=music21", "data.music21_collections=[ryansMammoth]", "data.max_tunes=80", "data.valid_fraction=0.2",

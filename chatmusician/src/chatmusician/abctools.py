@@ -1,179 +1,41 @@
 """ABC helpers used by the data builder and the evaluator.
 
-The shared package owns ABC handling (``musiccore.abc``: split, headers, normalise, transpose, validate). This module
-re-exports it and, while that module is not installed, falls back to small local versions with the same names and
-return types, so the project runs on its own. Everything project-specific lives here too: chord-symbol extraction,
-cropping a tune to its first bars, the body key used for deduplication, and ABC extraction from model replies.
+The shared package owns ABC handling (``musiccore.abc``: split, headers, normalise, transpose, validate); this module
+re-exports what the project uses and adds the project-specific parts: chord-symbol extraction, cropping a tune to its
+first bars, the body key used for deduplication, and ABC extraction from model replies.
 """
 
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
-import tempfile
-from dataclasses import dataclass, field
-from pathlib import Path
 
-try:  # the shared implementation, when present
-    from musiccore import abc as _shared  # type: ignore[attr-defined]
-except ImportError:  # pragma: no cover - depends on the monorepo state
-    _shared = None
+from musiccore.abc import (  # noqa: F401  (re-exported: the data builder and evaluator import them from here)
+    ABCError,
+    normalize,
+    parse_header,
+    parse_score,
+    split_tunes,
+    transpose,
+    tune_body,
+    validate,
+)
 
+BACKEND = "musiccore.abc"  # part of the corpus fingerprint
 
-class ABCError(ValueError):
-    """Text that is not usable ABC (names the reason)."""
-
-
-if _shared is not None and hasattr(_shared, "ABCError"):
-    ABCError = _shared.ABCError  # type: ignore[misc,assignment]  # noqa: F811
-
-_HEADER_RE = re.compile(r"^([A-Za-z]):\s?(.*)$")
-# Header letters whose values we keep when rebuilding a tune (others, e.g. N:/Z:/B:/S:, are free text).
-_MUSIC_HEADERS = ("X", "T", "L", "M", "R", "O", "K")
 _CHORD_RE = re.compile(r'"([A-G][b#]?(?:maj|min|m|dim|aug|sus|add)?\d*(?:[b#]\d+)?(?:/[A-G][b#]?)?)"')
 _QUOTED_RE = re.compile(r'"[^"]*"')
 _DECORATION_RE = re.compile(r"![^!\n]*!|\+[^+\n]*\+")
 _NOTE_RE = re.compile(r"[A-Ga-gz]")
 
 
-@dataclass
-class ValidationResult:
-    """What :func:`validate` found: ``ok`` when music21 parsed the tune into at least one note."""
-
-    ok: bool
-    errors: list[str] = field(default_factory=list)
-    n_notes: int = 0
-    key: str | None = None
-    meter: str | None = None
-
-
-def _local_split_tunes(text: str) -> list[str]:
-    """Split a multi-tune ABC file on ``X:`` lines; text before the first ``X:`` (file header) is dropped."""
-    tunes, cur = [], None
-    for line in text.splitlines():
-        if line.startswith("X:"):
-            if cur:
-                tunes.append("\n".join(cur).strip() + "\n")
-            cur = [line]
-        elif cur is not None:
-            cur.append(line)
-    if cur:
-        tunes.append("\n".join(cur).strip() + "\n")
-    return tunes
-
-
-def _header_lines(tune: str) -> tuple[list[str], list[str]]:
-    lines = [ln.rstrip() for ln in tune.splitlines()]
-    head, body, in_body = [], [], False
-    for ln in lines:
-        if not in_body and _HEADER_RE.match(ln) and not ln.startswith("|"):
-            head.append(ln)
-            if ln.startswith("K:"):
-                in_body = True
-        elif not in_body and (ln.startswith("%") or not ln.strip()):
-            continue
-        else:
-            in_body = True
-            body.append(ln)
-    return head, body
-
-
-def _local_parse_header(tune: str) -> dict:
-    """``{"X": "1", "T": "...", "M": "6/8", "L": "1/8", "K": "G", ...}``: first value of each header field."""
-    head, _ = _header_lines(tune)
-    out: dict[str, str] = {}
-    for ln in head:
-        m = _HEADER_RE.match(ln)
-        if m and m.group(1) not in out:
-            out[m.group(1)] = m.group(2).strip()
-    return out
-
-
-def _local_tune_body(tune: str) -> str:
-    _, body = _header_lines(tune)
-    return "\n".join(body).strip() + "\n" if body else ""
-
-
-def _local_normalize(tune: str) -> str:
-    """Canonical text: ``X:1`` first, music headers in a fixed order, comments and free-text fields dropped,
-    continuation backslashes joined, trailing spaces and blank lines removed."""
-    header = _local_parse_header(tune)
-    if "K" not in header:
-        raise ABCError("no K: header")
-    lines = ["X:1"] + [f"{k}:{header[k]}" for k in _MUSIC_HEADERS[1:] if k in header and header[k]]
-    body = _local_tune_body(tune).replace("\\\n", " ")
-    for ln in body.splitlines():
-        ln = re.sub(r"%.*$", "", ln).rstrip()
-        if ln and not _HEADER_RE.match(ln):
-            lines.append(re.sub(r"[ \t]+", " ", ln))
-        elif ln and ln[0] in "KLMPV":  # inline field changes inside the body are music, keep them
-            lines.append(ln)
-    return "\n".join(lines) + "\n"
-
-
-def _local_transpose(tune: str, semitones: int) -> str:
-    """Transpose with ``abc2abc -t`` (abcmidi); keeps chord symbols in step with the notes."""
-    if semitones == 0:
-        return tune
-    if shutil.which("abc2abc") is None:
-        raise ABCError("abc2abc (abcmidi) is not installed; cannot transpose")
-    with tempfile.TemporaryDirectory() as d:
-        p = Path(d) / "t.abc"
-        p.write_text(tune)
-        r = subprocess.run(["abc2abc", str(p), "-t", str(semitones)], capture_output=True, text=True, timeout=20)
-    out = r.stdout
-    if r.returncode != 0 or "K:" not in out:
-        raise ABCError(f"abc2abc failed: {r.stderr.strip()[:200]}")
-    # abc2abc reports problems inline as "%Error..." comments: treat them as failures, not as music.
-    if "%Error" in out:
-        raise ABCError("abc2abc: " + out[out.index("%Error"):].splitlines()[0])
-    return out
-
-
-def _local_validate(tune: str) -> ValidationResult:
-    """Parse with music21; ``ok`` when it yields at least one note."""
-    import music21
-
-    try:
-        s = music21.converter.parse(tune, format="abc")
-        notes = list(s.recurse().notes)
-    except Exception as e:  # music21 raises many exception types on bad ABC
-        return ValidationResult(False, [f"{type(e).__name__}: {str(e)[:200]}"])
-    if not notes:
-        return ValidationResult(False, ["no notes"])
-    ks = next(iter(s.recurse().getElementsByClass("KeySignature")), None)
-    ts = next(iter(s.recurse().getElementsByClass("TimeSignature")), None)
-    return ValidationResult(True, [], len(notes), str(ks) if ks else None, ts.ratioString if ts else None)
-
-
-BACKEND = "musiccore.abc" if _shared is not None else "local"  # part of the corpus fingerprint
-
-
-def _pick(name: str, local):
-    fn = getattr(_shared, name, None) if _shared is not None else None
-    return fn if fn is not None else local
-
-
-split_tunes = _pick("split_tunes", _local_split_tunes)
-parse_header = _pick("parse_header", _local_parse_header)
-tune_body = _pick("tune_body", _local_tune_body)
-normalize = _pick("normalize", _local_normalize)
-transpose = _pick("transpose", _local_transpose)
-_validate_impl = _pick("validate", _local_validate)
-
-
-def validate(tune: str):
-    """``musiccore.abc.validate`` (or the local music21 check): a result with ``.ok`` and ``.errors``.
-
-    The shared validator is strict: besides music21 parsing it checks balanced brackets and every bar's duration
-    against ``M:``/``L:``."""
-    return _validate_impl(tune)
-
-
 def music21_parses(tune: str) -> bool:
-    """True when music21 parses the tune into at least one note (the lenient "parses" criterion)."""
-    return _local_validate(tune).ok
+    """True when music21 parses the tune into at least one note (the lenient "parses" criterion).
+
+    :func:`validate` is the strict one: it also checks balanced brackets and every bar's duration."""
+    try:
+        return any(True for _ in parse_score(tune).recurse().notes)
+    except ABCError:
+        return False
 
 
 # ---------------------------------------------------------------------------------------------------------------
