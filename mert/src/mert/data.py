@@ -1,0 +1,352 @@
+"""Pretraining data: audio manifests, the teacher-label cache, cropping and batching by total seconds.
+
+Pipeline (spec §2.4, §4, pitfall 14):
+
+1. a manifest (jsonl: ``path``, ``duration``, ``sample_rate``, ``frames``) lists the audio (``mert prepare manifest``);
+2. a :class:`LabelStore` holds the precomputed teacher labels of every manifest row, ``[K, T_label]`` int16 at
+   ``sample_rate / 320`` Hz, in shards written independently (one Slurm array task per shard);
+3. :class:`SecondsBatchSampler` groups rows into batches of at most ``max_tokens`` samples (counted after the crop to
+   ``max_sample_size``), fixed once, and shuffles the batch ORDER per epoch from ``(seed, epoch)``. It yields
+   ``(row, batch_seed)`` pairs, so every random draw of a batch (crops here, masks and noise in the train step) is
+   a function of the seed, the epoch and the batch position: a resumed run sees the same data as an uninterrupted one;
+4. :class:`PretrainDataset` reads a random window of at most ``max_sample_size`` samples that starts on a label-frame
+   boundary (a multiple of 320 samples) together with its labels;
+5. :class:`Collater` crops the batch to its shortest item (``pad_audio=false``), again on a frame boundary, so label t
+   belongs to conv frame t. Items shorter than ``min_sample_size`` (3 s) are dropped from the manifest up front.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from musiccore.runs import atomic_path, atomic_write_json
+
+log = logging.getLogger(__name__)
+
+HOP = 320
+
+
+class DataError(ValueError):
+    """A manifest or label cache that cannot be used (names the file and the reason)."""
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Manifests
+# ---------------------------------------------------------------------------------------------------------------------
+def read_manifest(path: str | Path) -> list[dict]:
+    """Rows of a jsonl manifest; relative ``path`` fields are resolved against the manifest's folder."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: manifest not found (write one with `mert prepare manifest`)")
+    rows = []
+    for i, line in enumerate(path.read_text().splitlines()):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{i + 1}: not valid JSON ({e})") from e
+        for key in ("path", "duration", "sample_rate"):
+            if key not in row:
+                raise DataError(f"{path}:{i + 1}: row lacks {key!r}")
+        p = Path(row["path"])
+        row["path"] = str(p if p.is_absolute() else (path.parent / p).resolve())
+        rows.append(row)
+    if not rows:
+        raise DataError(f"{path}: manifest is empty")
+    return rows
+
+
+def write_manifest(rows: Sequence[dict], path: str | Path) -> Path:
+    """Write rows as jsonl, atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+    return Path(path)
+
+
+def manifest_digest(rows: Sequence[dict]) -> str:
+    """Short hash of the rows' paths and lengths: identifies the label cache that belongs to a manifest."""
+    h = hashlib.sha1()
+    for r in rows:
+        h.update(f"{r['path']}|{r.get('frames', r['duration'])}\n".encode())
+    return h.hexdigest()[:10]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Label cache
+# ---------------------------------------------------------------------------------------------------------------------
+def shard_bounds(num_rows: int, shard: int, num_shards: int) -> tuple[int, int]:
+    """Contiguous rows [start, end) of one shard (array task ``shard`` of ``num_shards``)."""
+    if not 0 <= shard < num_shards:
+        raise DataError(f"shard {shard} out of range for {num_shards} shards")
+    return num_rows * shard // num_shards, num_rows * (shard + 1) // num_shards
+
+
+def shard_name(shard: int, num_shards: int) -> str:
+    return f"shard-{shard:05d}-of-{num_shards:05d}"
+
+
+def write_label_shard(out_dir: str | Path, shard: int, num_shards: int, rows: Sequence[dict],
+                      labels: Sequence[np.ndarray | None], errors: Sequence[str | None]) -> Path:
+    """Write one shard: ``<name>.npy`` (int16 [K, sum T]) and ``<name>.json`` (index), each atomically, index last.
+
+    ``rows`` are the manifest rows of the shard in order; a row whose ``labels`` entry is None is recorded with its
+    error and gets no labels (the dataset skips it).
+    """
+    out_dir = Path(out_dir)
+    name = shard_name(shard, num_shards)
+    good = [lab for lab in labels if lab is not None]
+    k = good[0].shape[0] if good else 0
+    if any(lab.shape[0] != k for lab in good):
+        raise DataError(f"{out_dir}/{name}: codebook counts differ between files")
+    if good and max(int(lab.max()) for lab in good) > np.iinfo(np.int16).max:
+        raise DataError(f"{out_dir}/{name}: label ids do not fit int16")
+    flat = np.concatenate(good, axis=1).astype(np.int16) if good else np.zeros((k, 0), np.int16)
+    index, off = [], 0
+    for row, lab, err in zip(rows, labels, errors):
+        entry = {"path": row["path"], "offset": off, "length": 0 if lab is None else int(lab.shape[1])}
+        if err:
+            entry["error"] = err
+        index.append(entry)
+        off += entry["length"]
+    with atomic_path(out_dir / f"{name}.npy", suffix=".npy") as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, flat, allow_pickle=False)
+    atomic_write_json(out_dir / f"{name}.json", {"num_codebooks": k, "rows": index})
+    return out_dir / f"{name}.json"
+
+
+class LabelStore:
+    """Read-only view of a label cache folder: labels of manifest row i as int64 [K, T_label].
+
+    Args:
+        label_dir: folder with ``shard-*-of-N.{npy,json}`` and ``teacher.json``.
+        rows: the manifest rows the cache was computed for (paths are checked, so a cache never silently pairs
+            labels with another manifest).
+    """
+
+    def __init__(self, label_dir: str | Path, rows: Sequence[dict]):
+        self.dir = Path(label_dir)
+        meta_path = self.dir / "teacher.json"
+        if not meta_path.is_file():
+            raise DataError(f"{self.dir}: no label cache (teacher.json missing); run `mert prepare labels`")
+        self.meta = json.loads(meta_path.read_text())
+        n_shards = int(self.meta["num_shards"])
+        self.codebook_sizes = list(self.meta["codebook_sizes"])
+        self._arrays: list[np.ndarray] = []
+        self._index: list[tuple[int, int, int] | None] = [None] * len(rows)
+        missing = []
+        for s in range(n_shards):
+            name = shard_name(s, n_shards)
+            if not (self.dir / f"{name}.json").is_file():
+                missing.append(name)
+                continue
+            idx = json.loads((self.dir / f"{name}.json").read_text())
+            arr_id = len(self._arrays)
+            self._arrays.append(np.load(self.dir / f"{name}.npy", mmap_mode="r", allow_pickle=False))
+            start, end = shard_bounds(len(rows), s, n_shards)
+            if len(idx["rows"]) != end - start:
+                raise DataError(f"{self.dir}/{name}: {len(idx['rows'])} rows, expected {end - start} (another manifest?)")
+            for j, entry in enumerate(idx["rows"]):
+                if entry["path"] != rows[start + j]["path"]:
+                    raise DataError(f"{self.dir}/{name}: row {start + j} is {entry['path']}, manifest has {rows[start + j]['path']}")
+                if entry["length"] > 0:
+                    self._index[start + j] = (arr_id, entry["offset"], entry["length"])
+        if missing:
+            raise DataError(f"{self.dir}: label shards missing: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
+
+    @property
+    def num_codebooks(self) -> int:
+        return len(self.codebook_sizes)
+
+    def has(self, i: int) -> bool:
+        return self._index[i] is not None
+
+    def get(self, i: int, start: int = 0, length: int | None = None) -> np.ndarray:
+        """Labels of row ``i``, frames [start, start + length) -> int64 [K, length]."""
+        entry = self._index[i]
+        if entry is None:
+            raise DataError(f"row {i}: no labels in {self.dir}")
+        arr_id, off, n = entry
+        length = n - start if length is None else length
+        return np.asarray(self._arrays[arr_id][:, off + start : off + min(start + length, n)], dtype=np.int64)
+
+    def length(self, i: int) -> int:
+        entry = self._index[i]
+        return 0 if entry is None else entry[2]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Dataset, sampler, collater
+# ---------------------------------------------------------------------------------------------------------------------
+def load_mono(path: str, sample_rate: int, offset: int = 0, num_samples: int | None = None) -> np.ndarray:
+    """Read samples [offset, offset + num_samples) of a file as mono float32 [N] at ``sample_rate``."""
+    from musiccore.audio import load_audio
+
+    wav, _ = load_audio(path, sample_rate=sample_rate, mono=True, offset_s=offset / sample_rate,
+                        duration_s=None if num_samples is None else num_samples / sample_rate)
+    return wav[0]
+
+
+class PretrainDataset(Dataset):
+    """Random frame-aligned windows of the manifest's audio with their teacher labels.
+
+    Args:
+        rows: manifest rows (already filtered to files of at least ``min_sample_size`` samples).
+        sample_rate: model rate (files are resampled to it).
+        max_sample_size: window length (120000 = 5 s for 95M, 122880 = 5.12 s for 330M).
+        labels: label cache (None: audio only, e.g. for benchmarks).
+
+    ``dataset[(row, seed)]`` -> dict(wav float32 [N], labels int64 [K, N // 320] or None, row, seed).
+    """
+
+    def __init__(self, rows: Sequence[dict], sample_rate: int, max_sample_size: int, labels: LabelStore | None = None):
+        self.rows = list(rows)
+        self.sample_rate = sample_rate
+        self.max_sample_size = max_sample_size // HOP * HOP
+        self.labels = labels
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def num_samples(self, i: int) -> int:
+        """Samples of row i at the model rate, floored to whole label frames."""
+        r = self.rows[i]
+        n = int(round(float(r["duration"]) * self.sample_rate))
+        if self.labels is not None:
+            # Never read past the labels (a codec may emit one frame less than N / 320 at the end).
+            n = min(n, self.labels.length(i) * HOP)
+        return n // HOP * HOP
+
+    def size(self, i: int) -> int:
+        return min(self.num_samples(i), self.max_sample_size)
+
+    def __getitem__(self, key) -> dict:
+        i, seed = key if isinstance(key, tuple) else (key, 0)
+        n = self.num_samples(i)
+        rng = np.random.default_rng([seed, i])
+        frames_total, frames_win = n // HOP, self.size(i) // HOP
+        f0 = int(rng.integers(0, frames_total - frames_win + 1))  # random crop on a label-frame boundary
+        wav = load_mono(self.rows[i]["path"], self.sample_rate, f0 * HOP, frames_win * HOP)
+        if len(wav) < frames_win * HOP:  # resampling rounding at the file end: pad the last few samples
+            wav = np.pad(wav, (0, frames_win * HOP - len(wav)))
+        lab = None
+        if self.labels is not None:
+            lab = self.labels.get(i, f0, frames_win)
+            if lab.shape[1] < frames_win:
+                lab = np.pad(lab, ((0, 0), (0, frames_win - lab.shape[1])), mode="edge")
+        return {"wav": wav[: frames_win * HOP].astype(np.float32), "labels": lab, "row": i, "seed": seed}
+
+
+@dataclass
+class Collater:
+    """Crop a list of items to the shortest one (on a label-frame boundary) and stack.
+
+    Returns dict(input_values [B, N] float32, labels [B, K, N // 320] int64 (if any), seed [1] int64: the batch seed
+    that the train step uses for masks and noise mixing).
+    """
+
+    def __call__(self, items: list[dict]) -> dict:
+        frames = min(len(it["wav"]) for it in items) // HOP
+        seed = int(items[0]["seed"])
+        rng = np.random.default_rng([seed, 0x5EED])
+        wavs, labs = [], []
+        for it in items:
+            f0 = int(rng.integers(0, len(it["wav"]) // HOP - frames + 1))
+            wavs.append(torch.from_numpy(it["wav"][f0 * HOP : (f0 + frames) * HOP]))
+            if it["labels"] is not None:
+                labs.append(torch.from_numpy(it["labels"][:, f0 : f0 + frames]))
+        batch = {"input_values": torch.stack(wavs), "seed": torch.tensor([seed], dtype=torch.long)}
+        if labs:
+            batch["labels"] = torch.stack(labs)
+        return batch
+
+
+class SecondsBatchSampler(Sampler):
+    """Batches of at most ``max_tokens`` samples (``n * max crop size``), fixed once, order shuffled per epoch.
+
+    Rows are sorted by size (ties broken by a seeded shuffle) and packed greedily, as fairseq's ``batch_by_size``
+    does, so items of a batch have similar lengths and the crop to the shortest wastes little audio. Every epoch the
+    batch order is permuted with ``(seed, epoch)``; each yielded batch is a list of ``(row, batch_seed)``.
+
+    Under DDP the Trainer (accelerate) hands batch j to rank ``j % world``; all ranks build the same list.
+    """
+
+    def __init__(self, sizes: Sequence[int], max_tokens: int, max_batch_size: int | None = None, seed: int = 0,
+                 shuffle: bool = True):
+        self.sizes = np.asarray(sizes, dtype=np.int64)
+        if len(self.sizes) == 0:
+            raise DataError("no audio to batch (empty manifest after filtering)")
+        if self.sizes.max() > max_tokens:
+            raise DataError(f"max_tokens {max_tokens} is smaller than one crop ({self.sizes.max()} samples)")
+        self.seed, self.shuffle, self.epoch = seed, shuffle, 0
+        rng = np.random.default_rng([seed, 1])
+        order = rng.permutation(len(self.sizes)) if shuffle else np.arange(len(self.sizes))
+        order = order[np.argsort(self.sizes[order], kind="stable")]
+        self.batches: list[list[int]] = []
+        cur: list[int] = []
+        for i in order:
+            top = max([self.sizes[j] for j in cur] + [self.sizes[i]])
+            if cur and ((len(cur) + 1) * top > max_tokens or (max_batch_size and len(cur) >= max_batch_size)):
+                self.batches.append(cur)
+                cur = []
+            cur.append(int(i))
+        if cur:
+            self.batches.append(cur)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        rng = np.random.default_rng([self.seed, 2, self.epoch])
+        order = rng.permutation(len(self.batches)) if self.shuffle else np.arange(len(self.batches))
+        for pos, b in enumerate(order):
+            batch_seed = int(np.random.default_rng([self.seed, 3, self.epoch, pos]).integers(0, 2**31 - 1))
+            yield [(i, batch_seed) for i in self.batches[b]]
+
+    def seconds_per_epoch(self, sample_rate: int) -> float:
+        return float(sum(len(b) * min(self.sizes[j] for j in b) for b in self.batches)) / sample_rate
+
+
+def filter_rows(rows: Sequence[dict], sample_rate: int, min_sample_size: int, labels: LabelStore | None = None) -> list[int]:
+    """Indices of rows long enough to train on (and with labels when a store is given); logs what is dropped."""
+    keep, short, unlabeled = [], 0, 0
+    for i, r in enumerate(rows):
+        if labels is not None and not labels.has(i):
+            unlabeled += 1
+        elif float(r["duration"]) * sample_rate < min_sample_size:
+            short += 1
+        else:
+            keep.append(i)
+    if short or unlabeled:
+        log.info("data: %d rows kept, %d shorter than %d samples, %d without labels", len(keep), short, min_sample_size, unlabeled)
+    return keep
+
+
+class Subset(Dataset):
+    """Rows ``indices`` of a :class:`PretrainDataset`, keyed like it with ``(position, seed)``."""
+
+    def __init__(self, base: PretrainDataset, indices: Sequence[int]):
+        self.base, self.indices = base, list(indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def size(self, j: int) -> int:
+        return self.base.size(self.indices[j])
+
+    def __getitem__(self, key) -> dict:
+        j, seed = key if isinstance(key, tuple) else (key, 0)
+        return self.base[(self.indices[j], seed)]

@@ -1,0 +1,792 @@
+"""MERT pretraining with ``transformers.Trainer`` on torch.distributed (DDP; DeepSpeed/FSDP through the Trainer).
+
+Launch (the same entry point in all three modes)::
+
+    # laptop / CPU, tiny config on the data kit (labels are prepared automatically)
+    make train                                   # = mert train --config configs/tiny.yaml
+    mert train --config configs/tiny.yaml trainer.max_steps=50
+    # one node, 8 GPUs
+    torchrun --standalone --nproc_per_node=8 -m mert.cli train --config configs/mert_v1_95m.yaml
+    # Slurm, N nodes (shared/slurm template: srun + torchrun rendezvous); requeue on preemption resumes
+    make train-slurm CONFIG=configs/mert_v1_330m.yaml
+
+Run folder (``trainer.run_dir`` or ``$MUSIC_RUNS_DIR/mert/<run_name>-<config hash>``): ``config.yaml``, ``git.txt``,
+``env.txt``, ``logs/train.log.rank<r>``, ``metrics.jsonl``, ``tb/`` (TensorBoard), ``checkpoint-<step>/`` (written
+atomically: staged in ``.staging/`` and renamed; each is also a loadable encoder folder for ``mert extract``:
+``config.json`` + ``model.safetensors`` with HF key names, heads included and dropped on load), ``encoder/`` (final
+export without heads) and ``curves.png``. Relaunching the same config resumes from the newest checkpoint, with the
+data order (seeded per epoch and batch) and the RNG state restored.
+
+One update (spec §3): crop the batch, compute the CQT of the clean audio, mix in-batch noise, draw span masks, run
+:class:`mert.modeling_mert.MERTForPretraining`, and minimise ``CE_sum / M + 10 * features_pen + cqt_mse``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import torch
+
+from musiccore.config import ConfigError, config_hash, load_config
+from musiccore.runs import prepare_run_dir, runs_root
+
+from .configuration_mert import MERTConfig
+
+log = logging.getLogger("mert.train")
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+
+
+# =====================================================================================================================
+# Config tree
+# =====================================================================================================================
+@dataclass
+class TeacherConfig:
+    """Acoustic teacher (discrete targets) and musical teacher (CQT) settings."""
+
+    kind: str = "encodec"
+    """``encodec`` (MERT-v1: EnCodec RVQ codes) or ``kmeans`` (MERT-v0: k-means on MFCC/log-mel/chroma/model features)."""
+    sample_rate: int = 24000
+    """Rate the teacher labels audio at (must equal model.sample_rate: labels are at sample_rate / 320 Hz)."""
+    encodec_checkpoint: Optional[str] = None
+    """Local folder of the transformers EnCodec 24 kHz checkpoint (config.json + weights). Nothing is downloaded."""
+    encodec_bandwidth: float = 6.0
+    """Target bandwidth in kbps: 6.0 gives 8 codebooks of 1024 codes at 75 Hz."""
+    allow_random_weights: bool = False
+    """Tests/smoke runs only: a randomly initialised EnCodec when no checkpoint is given (codes carry no meaning)."""
+    random_encodec_overrides: Dict[str, int] = field(default_factory=dict)
+    """EncodecConfig fields of that random codec (e.g. num_filters: 8 to make it fast)."""
+    kmeans_features: List[str] = field(default_factory=lambda: ["mfcc"])
+    """Feature set per k-means codebook: mfcc, logmel, chroma or model (one codebook each)."""
+    kmeans_clusters: List[int] = field(default_factory=lambda: [500])
+    """k per codebook (same length as kmeans_features)."""
+    kmeans_path: str = ""
+    """Fitted k-means file (.npz); empty: $MUSIC_CACHE_DIR/mert/kmeans/<teacher hash>.npz."""
+    kmeans_fit_files: int = 1000
+    """Training files sampled to fit k-means."""
+    kmeans_max_frames: int = 500000
+    """Frames per codebook used to fit (a random subset above this)."""
+    kmeans_seed: int = 0
+    """Seed of the file sample, the frame subset and MiniBatchKMeans."""
+    model_checkpoint: Optional[str] = None
+    """Encoder folder for the ``model`` feature kind (HuBERT-style refit on a trained model's layer)."""
+    model_layer: int = 6
+    """hidden_states index used by the ``model`` feature kind."""
+    cqt_fmin: float = 32.7
+    """Lowest CQT bin (C1)."""
+    cqt_bins: int = 336
+    """CQT bins (must equal model.cqt_bins)."""
+    cqt_bins_per_octave: int = 48
+    """336 // 7: seven octaves at quarter-semitone resolution."""
+
+
+@dataclass
+class LossConfig:
+    """Loss weights and the in-batch noise mixture (masking and logit temperature live in the model config)."""
+
+    features_pen_weight: float = 10.0
+    """Weight of mean(conv_features^2) (fairseq loss_weights[0])."""
+    cqt_weight: float = 1.0
+    """Weight of the CQT reconstruction MSE (loss_weights[1]); 0 disables the musical teacher."""
+    noise_mix: bool = True
+    """In-batch noise mixture augmentation on/off."""
+    mixture_prob: float = 0.5
+    """An item is augmented when rand > mixture_prob (the reference's inverted test): p(augment) = 1 - mixture_prob."""
+    noise_num_min: int = 1
+    """Fewest noise segments per augmented item."""
+    noise_num_max: int = 3
+    """Most noise segments per augmented item (inclusive)."""
+    noise_len_min: int = 12000
+    """Shortest noise segment in samples (0.5 s)."""
+    noise_len_max: int = 24000
+    """Longest noise segment in samples (1.0 s for 95M, 1.5 s = 36000 for 330M)."""
+
+
+@dataclass
+class DataConfig:
+    """Where the audio is and how it is cropped and batched."""
+
+    train_manifest: str = ""
+    """jsonl manifest of the training audio (`mert prepare manifest`); empty: the data kit's clips."""
+    valid_manifest: str = ""
+    """jsonl manifest of held-out audio for validation; empty: the data kit's clips of datakit_valid_split."""
+    datakit_root: str = ""
+    """Data kit root when the manifests are empty (default MUSIC_DATA_DIR)."""
+    datakit_train_split: str = "train"
+    """Data kit split used for training."""
+    datakit_valid_split: str = "valid"
+    """Data kit split used for validation."""
+    label_dir: str = ""
+    """Root of the label caches; empty: $MUSIC_CACHE_DIR/mert/labels."""
+    label_shards: int = 1
+    """Shards of the label cache (one Slurm array task each)."""
+    auto_prepare: bool = False
+    """Compute a missing label cache (and fit k-means) at the start of training (tiny config); else it is an error."""
+    max_sample_size: int = 120000
+    """Crop length in samples (120000 = 5 s for 95M; 122880 = 5.12 s = 384 frames for 330M)."""
+    min_sample_size: int = 72000
+    """Files shorter than this (3 s) are not used."""
+    max_tokens: int = 1800000
+    """Samples per GPU batch (after cropping): 1.8M = 75 s for 95M, 920k for 330M."""
+    max_batch_size: int = 0
+    """Cap on clips per batch (0: no cap)."""
+    num_workers: int = 4
+    """DataLoader worker processes per rank."""
+    valid_batches: int = 20
+    """Validation batches per evaluation (fixed crops and masks, so curves are comparable)."""
+
+
+@dataclass
+class OptimConfig:
+    """Adam + polynomial decay with warmup (fairseq adam / polynomial_decay)."""
+
+    lr: float = 5e-4
+    """Peak learning rate (5e-4 for 95M, 1.5e-3 for 330M)."""
+    adam_beta1: float = 0.9
+    """Adam beta1."""
+    adam_beta2: float = 0.98
+    """Adam beta2."""
+    adam_eps: float = 1e-6
+    """Adam epsilon."""
+    weight_decay: float = 0.01
+    """Decoupled weight decay (fairseq's Adam decays every parameter; transformers exempts biases and norms)."""
+    warmup_steps: int = 32000
+    """Linear warmup updates."""
+    lr_end: float = 0.0
+    """Final learning rate of the polynomial decay."""
+    power: float = 1.0
+    """Power of the polynomial decay (1.0 = linear)."""
+    clip_norm: float = 10.0
+    """Gradient-norm clipping (10.0 for 95M, 1.0 for 330M; 0 disables)."""
+
+
+@dataclass
+class TrainerConfig:
+    """Loop length, precision, checkpoints, logging and distributed engine."""
+
+    run_name: str = "mert"
+    """Run folder name prefix: $MUSIC_RUNS_DIR/mert/<run_name>-<config hash>."""
+    run_dir: str = ""
+    """Explicit run folder (overrides the naming above)."""
+    fresh: bool = False
+    """Clear the run folder instead of resuming."""
+    seed: int = 1
+    """Seed of model init, data order, crops, masks, noise and dropout."""
+    max_steps: int = 400000
+    """Optimizer updates."""
+    max_minutes: float = 0.0
+    """Stop (with a checkpoint) after this many minutes of training (0: no limit); used by the demo."""
+    update_freq: int = 1
+    """Gradient accumulation steps (fairseq update_freq: 1 for 95M, 8 for 330M)."""
+    precision: str = "auto"
+    """fp16, bf16, fp32 or auto (fp16 on CUDA as in the paper runs, fp32 on CPU)."""
+    save_steps: int = 25000
+    """Checkpoint every N updates (25k for 95M, 5k for 330M)."""
+    save_total_limit: int = 3
+    """Keep the newest N checkpoints."""
+    log_steps: int = 100
+    """One log line (and metrics.jsonl row) every N updates."""
+    eval_steps: int = 5000
+    """Validation every N updates (0: never)."""
+    deepspeed: str = ""
+    """DeepSpeed JSON config path (empty: DDP)."""
+    fsdp: str = ""
+    """transformers FSDP option string, e.g. "full_shard auto_wrap" (empty: off)."""
+    gradient_checkpointing: bool = False
+    """Recompute transformer activations in the backward pass."""
+    tensorboard: bool = True
+    """Write TensorBoard events to <run_dir>/tb."""
+    plot: bool = True
+    """Write curves.png (training loss, validation accuracy and CQT loss) at the end."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything a MERT pretraining run needs (YAML files hold deltas from these defaults = MERT-v1-95M)."""
+
+    model: MERTConfig = field(default_factory=MERTConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+
+def validate(cfg: TrainConfig) -> TrainConfig:
+    """Cross-section checks that a dataclass cannot express; raises ConfigError naming the fields."""
+    m, t = cfg.model, cfg.teacher
+    if t.sample_rate != m.sample_rate:
+        raise ConfigError(f"teacher.sample_rate {t.sample_rate} != model.sample_rate {m.sample_rate}")
+    if t.kind == "kmeans":
+        if len(t.kmeans_features) != len(t.kmeans_clusters):
+            raise ConfigError("teacher.kmeans_features and teacher.kmeans_clusters must have the same length")
+        if m.num_codebooks != len(t.kmeans_features):
+            raise ConfigError(f"model.num_codebooks {m.num_codebooks} != {len(t.kmeans_features)} k-means codebooks")
+        if m.codebook_size < max(t.kmeans_clusters):
+            raise ConfigError(f"model.codebook_size {m.codebook_size} < largest k {max(t.kmeans_clusters)}")
+    elif t.kind == "encodec":
+        k = int(round(t.encodec_bandwidth * 1000 / (75 * 10)))
+        if m.num_codebooks != k:
+            raise ConfigError(f"model.num_codebooks {m.num_codebooks} != {k} EnCodec codebooks at {t.encodec_bandwidth} kbps")
+        if m.codebook_size < 1024:
+            raise ConfigError(f"model.codebook_size {m.codebook_size} < 1024 EnCodec codes")
+        if t.sample_rate != 24000:
+            raise ConfigError("the EnCodec teacher is the 24 kHz model: use sample_rate 24000")
+    else:
+        raise ConfigError(f"teacher.kind {t.kind!r}: expected encodec or kmeans")
+    if cfg.loss.cqt_weight > 0 and t.cqt_bins != m.cqt_bins:
+        raise ConfigError(f"teacher.cqt_bins {t.cqt_bins} != model.cqt_bins {m.cqt_bins}")
+    if t.cqt_fmin * 2 ** (t.cqt_bins / t.cqt_bins_per_octave) >= m.sample_rate / 2:
+        raise ConfigError("CQT top bin is above Nyquist: lower teacher.cqt_bins or raise the sample rate")
+    d = cfg.data
+    if d.max_sample_size % 320 or d.max_sample_size < d.min_sample_size or d.min_sample_size < 800:
+        raise ConfigError("data.max_sample_size must be a multiple of 320 and >= data.min_sample_size >= 800")
+    if d.max_tokens < d.max_sample_size:
+        raise ConfigError(f"data.max_tokens {d.max_tokens} < data.max_sample_size {d.max_sample_size}")
+    if cfg.loss.noise_mix and cfg.loss.noise_len_min >= d.min_sample_size:
+        raise ConfigError("loss.noise_len_min must be shorter than data.min_sample_size")
+    if cfg.trainer.precision not in ("auto", "fp16", "bf16", "fp32"):
+        raise ConfigError(f"trainer.precision {cfg.trainer.precision!r}: expected auto, fp16, bf16 or fp32")
+    if not m.has_mask_embedding:
+        raise ConfigError("model.mask_time_prob must be > 0 (the pretraining model needs masked_spec_embed)")
+    return cfg
+
+
+def load_train_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+    """YAML + ``key=value`` overrides -> validated :class:`TrainConfig`."""
+    cfg = load_config(TrainConfig, path, list(overrides or ()))
+    return validate(cfg)
+
+
+def resolve_run_dir(cfg: TrainConfig) -> Path:
+    if cfg.trainer.run_dir:
+        return Path(cfg.trainer.run_dir)
+    return runs_root() / "mert" / f"{cfg.trainer.run_name}-{config_hash(cfg, exclude=('run_dir', 'fresh', 'num_workers'))}"
+
+
+# =====================================================================================================================
+# Builders
+# =====================================================================================================================
+def _rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def _wait_for(path: Path, timeout_s: float = 6 * 3600) -> None:
+    """Non-zero ranks wait for rank 0 to finish a file (label preparation happens before the process group)."""
+    t0 = time.time()
+    while not path.exists():
+        if time.time() - t0 > timeout_s:
+            raise TimeoutError(f"waited {timeout_s:.0f} s for {path}")
+        time.sleep(2.0)
+
+
+def build_data(cfg: TrainConfig):
+    """(train dataset, batch sampler, valid dataset or None, valid sampler or None, codebook sizes)."""
+    from . import prepare
+    from .data import LabelStore, PretrainDataset, SecondsBatchSampler, Subset, filter_rows
+
+    def labels_for(rows):
+        out = prepare.label_dir_for(cfg, rows)
+        if not (out / "teacher.json").is_file():
+            if not cfg.data.auto_prepare:
+                from .data import DataError
+
+                raise DataError(f"{out}: no label cache; run `mert prepare labels --config ...` (or data.auto_prepare=true)")
+            if _rank() == 0:
+                prepare.ensure_labels(cfg, rows)
+            else:
+                _wait_for(out / "teacher.json")
+        return LabelStore(out, rows)
+
+    d = cfg.data
+    rows = prepare.load_rows(d, "train")
+    store = labels_for(rows)
+    full = PretrainDataset(rows, cfg.model.sample_rate, d.max_sample_size, store)
+    keep = filter_rows(rows, cfg.model.sample_rate, d.min_sample_size, store)
+    train = Subset(full, keep)
+    sampler = SecondsBatchSampler([train.size(j) for j in range(len(train))], d.max_tokens, d.max_batch_size or None,
+                                  seed=cfg.trainer.seed)
+    valid = vsampler = None
+    if cfg.trainer.eval_steps > 0:
+        try:
+            vrows = prepare.load_rows(d, "valid")
+        except (ValueError, OSError, RuntimeError) as e:  # DataError, a missing manifest, DataKitError
+            log.warning("no validation data (%s): evaluation disabled", e)
+        else:
+            vstore = labels_for(vrows)
+            vfull = PretrainDataset(vrows, cfg.model.sample_rate, d.max_sample_size, vstore)
+            vkeep = filter_rows(vrows, cfg.model.sample_rate, d.min_sample_size, vstore)
+            if vkeep:
+                valid = Subset(vfull, vkeep)
+                vsampler = SecondsBatchSampler([valid.size(j) for j in range(len(valid))], d.max_tokens,
+                                               d.max_batch_size or None, seed=12345, shuffle=False)
+    return train, sampler, valid, vsampler, store.codebook_sizes
+
+
+def build_model(cfg: TrainConfig):
+    from .modeling_mert import MERTForPretraining
+
+    torch.manual_seed(cfg.trainer.seed)
+    model = MERTForPretraining(cfg.model)
+    if cfg.trainer.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    return model
+
+
+def build_training_args(cfg: TrainConfig, run_dir: Path):
+    from transformers import TrainingArguments
+
+    t, o = cfg.trainer, cfg.optim
+    cuda = torch.cuda.is_available()
+    precision = t.precision if t.precision != "auto" else ("fp16" if cuda else "fp32")
+    if precision in ("fp16", "bf16") and not cuda:
+        log.warning("trainer.precision=%s without CUDA: training in fp32", precision)
+        precision = "fp32"
+    kw: dict[str, Any] = {}
+    if not cuda:
+        # accelerate only builds a multi-process CPU state (gloo) when told it runs on CPU
+        kw["use_cpu"] = True
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            kw["ddp_backend"] = "gloo"
+    if t.tensorboard:
+        os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(run_dir / "tb"))  # transformers 5 reads the dir from here
+    if t.deepspeed:
+        kw["deepspeed"] = t.deepspeed
+    if t.fsdp:
+        kw["fsdp"] = t.fsdp
+    return TrainingArguments(
+        output_dir=str(run_dir),
+        max_steps=t.max_steps,
+        gradient_accumulation_steps=t.update_freq,
+        per_device_train_batch_size=1,  # batches come from the seconds-based batch sampler
+        learning_rate=o.lr,
+        adam_beta1=o.adam_beta1,
+        adam_beta2=o.adam_beta2,
+        adam_epsilon=o.adam_eps,
+        weight_decay=o.weight_decay,
+        optim="adamw_torch",
+        lr_scheduler_type="polynomial",
+        lr_scheduler_kwargs={"lr_end": o.lr_end, "power": o.power},
+        warmup_steps=o.warmup_steps,
+        max_grad_norm=o.clip_norm if o.clip_norm > 0 else 0.0,
+        fp16=precision == "fp16",
+        bf16=precision == "bf16",
+        logging_steps=t.log_steps,
+        report_to=["tensorboard"] if t.tensorboard else [],
+        save_strategy="steps",
+        save_steps=t.save_steps,
+        save_total_limit=t.save_total_limit,
+        eval_strategy="steps" if t.eval_steps > 0 else "no",
+        eval_steps=t.eval_steps if t.eval_steps > 0 else None,
+        eval_on_start=t.eval_steps > 0,  # the untrained model's validation scores start the curves
+        seed=t.seed,
+        data_seed=t.seed,
+        dataloader_num_workers=cfg.data.num_workers,
+        dataloader_pin_memory=cuda,
+        remove_unused_columns=False,
+        ddp_find_unused_parameters=True,  # layerdrop and a disabled CQT head leave parameters without gradients
+        disable_tqdm=not sys.stderr.isatty(),
+        **kw,
+    )
+
+
+# =====================================================================================================================
+# Trainer
+# =====================================================================================================================
+def _trainer_class():
+    from transformers import Trainer, TrainerCallback
+
+    class TimeLimitCallback(TrainerCallback):
+        """Save and stop after ``max_minutes`` of training (Slurm time slices, the CPU demo)."""
+
+        def __init__(self, minutes: float):
+            self.limit_s = minutes * 60.0
+            self.t0 = time.time()
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.t0 = time.time()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if self.limit_s > 0 and time.time() - self.t0 > self.limit_s:
+                log.info("time limit of %.1f min reached at step %d: saving and stopping", self.limit_s / 60, state.global_step)
+                control.should_save = True
+                control.should_training_stop = True
+            return control
+
+    class EpochCallback(TrainerCallback):
+        """Tell the batch sampler its epoch (accelerate's skip wrapper does not always forward set_epoch)."""
+
+        def __init__(self, sampler, steps_per_epoch: int):
+            self.sampler, self.steps_per_epoch = sampler, max(steps_per_epoch, 1)
+
+        def on_epoch_begin(self, args, state, control, **kwargs):
+            self.sampler.set_epoch(state.global_step // self.steps_per_epoch)
+
+    class MERTPretrainer(Trainer):
+        """Trainer with MERT's loss, seconds-based batches, clean-audio CQT targets and atomic checkpoints."""
+
+        def __init__(self, *a, mert_cfg: TrainConfig, train_sampler, collater, valid_data=None, valid_sampler=None,
+                     codebook_sizes=(), **kw):
+            super().__init__(*a, **kw)
+            self.mert_cfg = mert_cfg
+            self.codebook_sizes = list(codebook_sizes) or [mert_cfg.model.codebook_size]
+            self.train_sampler = train_sampler
+            self.collater = collater
+            self.valid_data, self.valid_sampler = valid_data, valid_sampler
+            self._cqt = None
+            self._staging: str | None = None
+            self._acc: dict[str, float] = {}
+            self._acc_n = 0
+            self._eval_cache: tuple[int, dict] = (-1, {})
+            self._saved_step = -1
+
+        # ---------------------------------------------------------------- data
+        def get_train_dataloader(self):
+            from torch.utils.data import DataLoader
+
+            dl = DataLoader(self.train_dataset, batch_sampler=self.train_sampler, collate_fn=self.collater,
+                            num_workers=self.args.dataloader_num_workers, pin_memory=self.args.dataloader_pin_memory,
+                            persistent_workers=False)
+            return self.accelerator.prepare(dl)
+
+        # ---------------------------------------------------------------- loss
+        def cqt_teacher(self, device):
+            from .teachers import CQTParams, CQTTeacher
+
+            if self._cqt is None:
+                t = self.mert_cfg.teacher
+                self._cqt = CQTTeacher(CQTParams(self.mert_cfg.model.sample_rate, int(self.mert_cfg.model.frame_rate),
+                                                 t.cqt_fmin, t.cqt_bins, t.cqt_bins_per_octave))
+            return self._cqt.to(device)
+
+        def mert_step(self, model, inputs, train: bool):
+            """Forward one batch; returns :class:`mert.loss.LossOutput` (+ majority-class counts when not training)."""
+            from .loss import compute_span_mask, inbatch_noise_mix, mert_loss
+
+            cfg = self.mert_cfg
+            wav = inputs["input_values"].float()
+            labels = inputs["labels"]
+            seed = int(inputs["seed"].reshape(-1)[0])
+            rng = np.random.default_rng([seed, 7])  # masks and noise: a function of the batch seed only
+            mcfg = cfg.model
+            t = mcfg.num_frames(wav.shape[1])
+            t = min(t, labels.shape[-1])  # labels shorter than the conv frames: trim the features (spec §2.4)
+            cqt = self.cqt_teacher(wav.device)(wav)[:, :t] if cfg.loss.cqt_weight > 0 else None  # CLEAN audio
+            x = wav
+            if train and cfg.loss.noise_mix:
+                x, _ = inbatch_noise_mix(wav, cfg.loss.mixture_prob, (cfg.loss.noise_num_min, cfg.loss.noise_num_max),
+                                         (cfg.loss.noise_len_min, cfg.loss.noise_len_max), rng)
+            full_t = mcfg.num_frames(wav.shape[1])
+            mask = compute_span_mask(wav.shape[0], full_t, mcfg.mask_prob, mcfg.mask_length, mcfg.mask_min_masks, rng)
+            mask = torch.from_numpy(mask).to(wav.device)
+            out = model(input_values=x, mask_time_indices=mask)
+            m = mask[:, :t]
+            proj = out.projections[:, :t]
+            res = mert_loss(
+                proj.reshape(proj.shape[0], t, -1), list(out.label_embeddings), labels[:, :, :t], m, out.features_pen,
+                out.cqt_pred[:, :t][m] if cqt is not None else None, cqt[m] if cqt is not None else None,
+                logit_temp=mcfg.logit_temp, features_pen_weight=cfg.loss.features_pen_weight, cqt_weight=cfg.loss.cqt_weight,
+            )
+            majority = []
+            if not train:
+                tg = labels[:, :, :t].permute(1, 0, 2)[:, m]  # [K, M]
+                majority = [int(torch.bincount(row).max()) for row in tg]
+            return res, majority
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            res, _ = self.mert_step(model, inputs, train=True)
+            for k, v in res.metrics().items():
+                self._acc[k] = self._acc.get(k, 0.0) + v
+            self._acc_n += 1
+            return (res.loss, None) if return_outputs else res.loss
+
+        def log(self, logs, start_time=None):
+            if "loss" in logs and self._acc_n:
+                for k, v in self._acc.items():
+                    if k != "num_masked":
+                        logs[f"train_{k}"] = v / self._acc_n
+                self._acc, self._acc_n = {}, 0
+            super().log(logs, start_time)
+
+        # ---------------------------------------------------------------- validation
+        @torch.no_grad()
+        def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
+            if self.valid_data is None:
+                return {}
+            if self._eval_cache[0] == self.state.global_step:
+                return self._eval_cache[1]  # the Trainer asks again at an epoch end that is also an eval step
+            model = self.model
+            was_training = model.training
+            model.eval()
+            tot = {"loss": 0.0, "ce": 0.0, "cqt_mse": 0.0, "features_pen": 0.0}
+            correct = majority = masked = n = 0
+            for bi, batch in enumerate(self.valid_sampler):
+                if bi >= self.mert_cfg.data.valid_batches:
+                    break
+                inputs = self._prepare_inputs(self.collater([self.valid_data[key] for key in batch]))
+                with self.compute_loss_context_manager():
+                    res, maj = self.mert_step(model, inputs, train=False)
+                tot["loss"] += float(res.loss)
+                tot["ce"] += float(res.ce_sum) / max(res.num_masked, 1)
+                tot["cqt_mse"] += float(res.cqt_mse)
+                tot["features_pen"] += float(res.features_pen)
+                correct += sum(res.correct)
+                majority += sum(maj)
+                masked += res.num_masked * len(res.correct)
+                n += 1
+            if was_training:
+                model.train()
+            if n == 0:
+                return {}
+            metrics = {f"{metric_key_prefix}_{k}": v / n for k, v in tot.items()}
+            metrics[f"{metric_key_prefix}_acc"] = correct / max(masked, 1)
+            metrics[f"{metric_key_prefix}_acc_majority"] = majority / max(masked, 1)
+            metrics[f"{metric_key_prefix}_acc_uniform"] = float(np.mean([1.0 / k for k in self.codebook_sizes]))
+            self.log(metrics)
+            self._eval_cache = (self.state.global_step, metrics)
+            return metrics
+
+        # ---------------------------------------------------------------- checkpoints
+        def _get_output_dir(self, trial):
+            return self._staging or super()._get_output_dir(trial)
+
+        def _save_checkpoint(self, model, trial):
+            """Write the checkpoint into ``.staging/`` and rename it into place: never a half-written checkpoint."""
+            from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+            if self._saved_step == self.state.global_step:
+                return  # already saved at this step (step end and epoch end can both ask)
+            name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            root = Path(self.args.output_dir)
+            staging = root / ".staging"
+            if self.args.should_save and (staging / name).exists():
+                shutil.rmtree(staging / name)  # left by a save that was killed
+            self.accelerator.wait_for_everyone()
+            self._staging = str(staging)
+            try:
+                super()._save_checkpoint(model, trial)
+            finally:
+                self._staging = None
+            self.accelerator.wait_for_everyone()
+            if self.args.should_save:
+                final = root / name
+                if final.exists():
+                    shutil.rmtree(final)
+                os.replace(staging / name, final)
+                with contextlib.suppress(OSError):
+                    staging.rmdir()  # only when empty
+                fd = os.open(root, os.O_RDONLY)
+                try:
+                    os.fsync(fd)  # make the rename durable before later checkpoints are rotated away
+                finally:
+                    os.close(fd)
+                from transformers.trainer_utils import rotate_checkpoints
+
+                rotate_checkpoints(output_dir=str(root), save_total_limit=self.args.save_total_limit,
+                                   best_model_checkpoint=None, use_mtime=False)
+            self.accelerator.wait_for_everyone()
+            self._saved_step = self.state.global_step
+
+        def _save(self, output_dir=None, state_dict=None):
+            """config.json + model.safetensors with HF key names: a checkpoint is also an encoder folder."""
+            from safetensors.torch import save_file
+
+            from musiccore.runs import atomic_path, atomic_write_text
+
+            out = Path(output_dir or self.args.output_dir)
+            out.mkdir(parents=True, exist_ok=True)
+            model = self.accelerator.unwrap_model(self.model)
+            state = state_dict if state_dict is not None else model.state_dict()
+            state = {k: v.detach().contiguous().cpu() for k, v in state.items()}
+            with atomic_path(out / "model.safetensors") as tmp:
+                save_file(state, str(tmp), metadata={"format": "pt", "model": type(model).__name__})
+            atomic_write_text(out / "config.json", model.config.to_json_string())
+            torch.save(self.args, out / "training_args.bin")
+
+        def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+            if self.is_deepspeed_enabled or self.is_fsdp_enabled:
+                return super()._load_from_checkpoint(resume_from_checkpoint, model)
+            from .modeling_mert import load_state_dict_file
+
+            model = model or self.accelerator.unwrap_model(self.model)
+            model.load_checkpoint_state(load_state_dict_file(resume_from_checkpoint), source=str(resume_from_checkpoint))
+
+    return MERTPretrainer, TimeLimitCallback, EpochCallback
+
+
+# =====================================================================================================================
+# Entry points
+# =====================================================================================================================
+def export_encoder(checkpoint: str | Path, out_dir: str | Path) -> Path:
+    """Encoder-only folder (no pretraining heads, HF key names) from a training checkpoint, for `mert extract`."""
+    from .modeling_mert import MERTModel
+
+    model = MERTModel.from_pretrained(checkpoint)
+    model.save_pretrained(out_dir)
+    return Path(out_dir)
+
+
+def plot_curves(run_dir: str | Path) -> Path | None:
+    """curves.png in the run folder: training loss, validation accuracy (vs majority/uniform chance), CQT MSE."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    run_dir = Path(run_dir)
+    mpath = run_dir / "metrics.jsonl"
+    if not mpath.is_file():
+        return None
+    rows: dict[tuple[int, str], dict] = {}
+    for line in mpath.read_text().splitlines():
+        if line.strip():
+            r = json.loads(line)
+            kind = "eval" if "eval_loss" in r else "train"
+            rows[(r["step"], kind)] = r  # a resumed run re-logs some steps: keep the last
+    train = sorted((s, r) for (s, k), r in rows.items() if k == "train" and "loss" in r)
+    ev = sorted((s, r) for (s, k), r in rows.items() if k == "eval")
+    fig, ax = plt.subplots(1, 3, figsize=(15, 4))
+    if train:
+        ax[0].plot([s for s, _ in train], [r["loss"] for _, r in train], label="train loss")
+        if "train_cqt_mse" in train[0][1]:
+            ax[2].plot([s for s, _ in train], [r["train_cqt_mse"] for _, r in train], label="train CQT MSE", alpha=0.6)
+    if ev:
+        st = [s for s, _ in ev]
+        ax[0].plot(st, [r["eval_loss"] for _, r in ev], "o-", label="valid loss")
+        ax[1].plot(st, [r["eval_acc"] for _, r in ev], "o-", label="valid masked acc")
+        ax[1].plot(st, [r["eval_acc_majority"] for _, r in ev], "--", label="majority class")
+        ax[1].plot(st, [r["eval_acc_uniform"] for _, r in ev], ":", label="uniform chance")
+        ax[2].plot(st, [r["eval_cqt_mse"] for _, r in ev], "o-", label="valid CQT MSE")
+    for a, title in zip(ax, ("loss", "masked-prediction accuracy", "CQT reconstruction")):
+        a.set_title(title)
+        a.set_xlabel("update")
+        a.legend()
+    fig.tight_layout()
+    out = run_dir / "curves.png"
+    from musiccore.runs import atomic_path
+
+    with atomic_path(out, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=80)
+    plt.close(fig)
+    return out
+
+
+def build_trainer(cfg: TrainConfig):
+    """Run folder, data, model and the configured Trainer: ``(trainer, run_dir, preemption callback)``."""
+    from musiccore.hf import LineLogCallback, PreemptionCallback, setup_logging
+    from transformers.trainer_callback import PrinterCallback
+
+    from .data import Collater
+
+    run_dir = resolve_run_dir(cfg)
+    rank = _rank()
+    if rank == 0:
+        # the folder records the config with fresh=false, so a later plain relaunch resumes it
+        saved = dataclasses.replace(cfg, trainer=dataclasses.replace(cfg.trainer, fresh=False))
+        prepare_run_dir(run_dir, saved, fresh=cfg.trainer.fresh)
+    else:
+        _wait_for(run_dir / "config.yaml", 600)
+    root = logging.getLogger()
+    for h in list(root.handlers):  # a CLI's basicConfig handler would print every line twice
+        if type(h) is logging.StreamHandler and not getattr(h, "_musiccore", False):
+            root.removeHandler(h)
+    setup_logging(run_dir, rank)
+    log.info("run folder %s", run_dir)
+    train, sampler, valid, vsampler, sizes = build_data(cfg)
+    log.info("data: %d training clips in %d batches (%.0f s of audio per epoch), %s validation clips",
+             len(train), len(sampler), sampler.seconds_per_epoch(cfg.model.sample_rate), len(valid) if valid else 0)
+    model = build_model(cfg)
+    log.info("model: %.2fM parameters", sum(p.numel() for p in model.parameters()) / 1e6)
+    args = build_training_args(cfg, run_dir)
+    Trainer, TimeLimit, EpochCb = _trainer_class()
+    preempt = PreemptionCallback()
+    world = max(args.world_size, 1)
+    steps_per_epoch = math.ceil(math.ceil(len(sampler) / world) / cfg.trainer.update_freq)
+    seconds_per_update = sampler.seconds_per_epoch(cfg.model.sample_rate) / max(len(sampler), 1) * world * cfg.trainer.update_freq
+    callbacks = [LineLogCallback(items_per_step=seconds_per_update, unit="audio_s", metrics_file=run_dir / "metrics.jsonl"),
+                 preempt, EpochCb(sampler, steps_per_epoch)]
+    if cfg.trainer.max_minutes > 0:
+        callbacks.append(TimeLimit(cfg.trainer.max_minutes))
+    trainer = Trainer(model=model, args=args, train_dataset=train, eval_dataset=valid,
+                      callbacks=callbacks, mert_cfg=cfg, train_sampler=sampler, collater=Collater(),
+                      valid_data=valid, valid_sampler=vsampler, codebook_sizes=sizes)
+    trainer.remove_callback(PrinterCallback)  # LineLogCallback prints the log lines
+    if valid is None and args.eval_strategy != "no":
+        trainer.args.eval_strategy = "no"
+    return trainer, run_dir, preempt
+
+
+def run(cfg: TrainConfig) -> Path:
+    """Train (or resume) the run described by ``cfg``; returns the run folder."""
+    from musiccore.hf import last_checkpoint
+
+    trainer, run_dir, preempt = build_trainer(cfg)
+    resume = None if cfg.trainer.fresh else last_checkpoint(run_dir)
+    if resume:
+        log.info("resuming from %s", resume)
+    trainer.train(resume_from_checkpoint=resume)
+    if preempt.preempted:
+        log.warning("preempted: checkpoint saved, exiting for the requeue")
+        return run_dir
+    ckpt = last_checkpoint(run_dir)
+    if ckpt is None or int(Path(ckpt).name.split("-")[-1]) != trainer.state.global_step:
+        trainer._save_checkpoint(trainer.model_wrapped, None)  # every rank: the save has barriers
+        ckpt = last_checkpoint(run_dir)
+    if trainer.is_world_process_zero():
+        export_encoder(ckpt, run_dir / "encoder")
+        log.info("encoder exported to %s (load with `mert extract --model %s`)", run_dir / "encoder", run_dir / "encoder")
+        if cfg.trainer.plot:
+            p = plot_curves(run_dir)
+            log.info("curves: %s", p)
+    return run_dir
+
+
+def main(args: argparse.Namespace | list[str] | None = None) -> int:
+    """``mert train --config X.yaml key=value ...`` (a Namespace with ``config`` and ``overrides``, or an argv list)."""
+    if args is None or isinstance(args, (list, tuple)):
+        p = argparse.ArgumentParser(prog="mert train")
+        p.add_argument("--config", default=str(CONFIG_DIR / "tiny.yaml"))
+        p.add_argument("--dump-config", action="store_true", help="print the resolved config and exit")
+        p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. trainer.max_steps=50")
+        args = p.parse_args(args)
+    cfg = load_train_config(args.config, list(getattr(args, "overrides", None) or []))
+    if getattr(args, "dump_config", False):
+        from musiccore.config import to_yaml
+
+        print(to_yaml(cfg))
+        return 0
+    run(cfg)
+    return 0
+
+
+def train_tiny_for_demo(minutes: float = 2.0, run_dir: str | Path | None = None, data_root: str | Path | None = None,
+                        overrides: list[str] | None = None) -> Path:
+    """Pretrain the tiny model on the data kit's clips for about ``minutes`` on CPU; returns the encoder folder.
+
+    Used by ``mert demo``. The run resumes if ``run_dir`` already holds it; the returned folder
+    (``<run_dir>/encoder``) loads with :meth:`mert.modeling_mert.MERTModel.from_pretrained`.
+    """
+    ov = [f"trainer.max_minutes={minutes}"]
+    if run_dir is not None:
+        ov.append(f"trainer.run_dir={run_dir}")
+    if data_root is not None:
+        ov.append(f"data.datakit_root={data_root}")
+    cfg = load_train_config(CONFIG_DIR / "tiny.yaml", ov + list(overrides or []))
+    return run(cfg) / "encoder"
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
