@@ -277,12 +277,14 @@ def test_demo_on_data_kit_clips(model, tmp_path, monkeypatch, capsys, datakit):
     out = capsys.readouterr().out
     assert "3 clips from the data kit" in out and "per-layer summary" in out
     assert "features (3, 374, 64)" in out  # 5 s kit clips at 24 kHz -> 374 frames, 3 hidden states
+    assert "probe: extracted 6" in out  # every kit clip, time-averaged, then the instrument probe
+    assert "probe instrument" in out
 
 
 def test_demo_fallbacks(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("MUSIC_DATA_DIR", str(tmp_path / "no-kit"))
     monkeypatch.setenv("MUSIC_RUNS_DIR", str(tmp_path / "no-runs"))
-    assert cli_main(["demo", "--num-clips", "2"]) == 0
+    assert cli_main(["demo", "--num-clips", "2", "--train-minutes", "0"]) == 0
     out = capsys.readouterr().out
     assert "RANDOM weights" in out and "synthesized" in out and "per-layer summary" in out
     assert cli_main(["demo", "--checkpoint", str(tmp_path / "nothing")]) == 2

@@ -80,9 +80,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verify", action="store_true",
                    help="load the export with transformers.HubertModel and compare every hidden state")
 
-    p = sub.add_parser("demo", help="extract features of a few data-kit clips with the tiny model and summarise them")
+    p = sub.add_parser("demo", help="pretrain the tiny model briefly, extract features of data-kit clips, summarise "
+                                    "them per layer and probe them")
     p.add_argument("--checkpoint", default=None,
-                   help="model folder (default: the newest tiny pretraining run $MUSIC_RUNS_DIR/mert/tiny-*/encoder)")
+                   help="model folder (default: the newest tiny pretraining run $MUSIC_RUNS_DIR/mert/tiny-*/encoder, "
+                        "trained first for --train-minutes when there is none)")
+    p.add_argument("--train-minutes", type=float, default=2.0,
+                   help="CPU minutes of tiny pretraining when no trained model exists (0: use random weights)")
+    p.add_argument("--probe-task", default="instrument", choices=["key", "meter", "instrument", "tempo", "none"],
+                   help="probe the time-averaged features of every data-kit clip for this label")
     p.add_argument("--num-clips", type=int, default=6)
     p.add_argument("--window-s", type=float, default=5.0)
     return parser
@@ -198,6 +204,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
         ckpt_dir = runs_root() / "mert" / "tiny-*"
         runs = sorted(runs_root().glob("mert/tiny-*"), key=lambda p: p.stat().st_mtime, reverse=True)
         folder = next((f for f in map(find_model_folder, runs) if f is not None), None)
+    if folder is None and not args.checkpoint and args.train_minutes > 0:
+        from .train import train_tiny_for_demo
+
+        print(f"no trained tiny model yet: pretraining one on the data kit's clips for {args.train_minutes:g} min")
+        folder = train_tiny_for_demo(minutes=args.train_minutes)
     if folder is not None:
         model = MERTModel.from_pretrained(folder)
         print(f"model: {folder} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters)")
@@ -271,7 +282,29 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print("\nlower clip-to-clip similarity = more discriminative clip embeddings; frame-to-frame similarity shows "
           "temporal smoothness.")
     print(f"features written under {out}")
+    if args.probe_task != "none" and len(names) and not names[0].startswith("tone"):
+        _demo_probe(model, args.probe_task, args.window_s, work)
     return 0
+
+
+def _demo_probe(model, task: str, window_s: float, work: Path) -> None:
+    """Time-averaged features of every data-kit clip, then the MARBLE-style probe for ``task`` (layer weights learned)."""
+    from musiccore.data import load_manifest, resolve
+
+    from .extract import ExtractOptions, extract
+    from .probe import probe_features
+
+    paths = [resolve(r["path"]) for r in load_manifest("clips")]
+    feats = work / "probe_features"
+    summary = extract(paths, feats, model, ExtractOptions(pooling="mean", window_s=window_s), progress=False)
+    print(f"\nprobe: {summary.line()}")
+    try:
+        res = probe_features(feats, task, layer="all")
+    except ValueError as e:  # a kit too small for every split or label (ProbeError, metric errors)
+        print(f"probe {task}: skipped ({e})")
+        return
+    test = "n/a" if res.get("test_score") is None else f"{res['test_score']:.3f}"
+    print(f"probe {task} ({res['metric']}, clips per split {res['n']}): valid {res['valid_score']:.3f}, test {test}")
 
 
 def _dispatched(argv: list[str]) -> tuple[str, list[str], str] | None:
