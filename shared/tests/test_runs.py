@@ -47,3 +47,13 @@ def test_jsonl_and_json(tmp_path):
     assert [r["step"] for r in rows] == [1, 2]
     atomic_write_json(tmp_path / "x.json", {"a": 1})
     assert json.loads((tmp_path / "x.json").read_text()) == {"a": 1}
+
+
+def test_sibling_imports_detects_cross_project_imports(tmp_path):
+    from musiccore.testing import sibling_imports
+
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "ok.py").write_text("import os\nfrom musiccore import audio\nfrom . import x\n")
+    (tmp_path / "pkg" / "bad.py").write_text("import yue.codec\nfrom chatmusician.data import build\n")
+    assert sibling_imports(tmp_path, "mert") == {"pkg/bad.py": ["chatmusician", "yue"]}
+    assert sibling_imports(tmp_path, "yue") == {"pkg/bad.py": ["chatmusician"]}

@@ -149,3 +149,30 @@ def _prune_old_datakits(keep, max_age_days: float = 7.0) -> None:
         with FileLock(d.parent / f"{d.name}.lock"):
             if d.exists() and time.time() - d.stat().st_mtime >= max_age_days * 86400:
                 shutil.rmtree(d, ignore_errors=True)
+
+
+PROJECTS = ("mert", "chatmusician", "yue")
+
+
+def sibling_imports(src_dir, project: str) -> dict[str, list[str]]:
+    """``{file: [sibling, ...]}`` for every file under ``src_dir`` that imports a sibling project.
+
+    A project may import only itself, ``musiccore`` and third-party packages, so that the project folder plus
+    ``shared/`` can be handed to another team (``make handoff``). Each project's ``tests/test_imports.py`` asserts
+    this returns nothing.
+    """
+    import ast
+    from pathlib import Path
+
+    siblings = set(PROJECTS) - {project}
+    found: dict[str, list[str]] = {}
+    for path in sorted(Path(src_dir).rglob("*.py")):
+        roots = set()
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Import):
+                roots |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                roots.add(node.module.split(".")[0])
+        if roots & siblings:
+            found[str(path.relative_to(src_dir))] = sorted(roots & siblings)
+    return found
