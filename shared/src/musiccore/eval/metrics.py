@@ -19,6 +19,7 @@ from typing import Sequence
 import numpy as np
 
 log = logging.getLogger(__name__)
+_WARNED: set[str] = set()
 
 __all__ = [
     "accuracy",
@@ -170,7 +171,10 @@ def _per_label(fn, y_true, y_score, average: str | None, need_neg: bool, name: s
         return scores
     if (~valid).any():
         why = "no positive or no negative sample" if need_neg else "no positive sample"
-        log.warning("%s: %d of %d labels skipped (%s)", name, int((~valid).sum()), len(scores), why)
+        msg = f"{name}: {int((~valid).sum())} of {len(scores)} labels skipped ({why})"
+        if msg not in _WARNED:  # a probe evaluates every epoch on the same split: say it once
+            _WARNED.add(msg)
+            log.warning(msg)
     return float(scores[valid].mean())
 
 
