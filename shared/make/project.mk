@@ -4,7 +4,8 @@
 #   include ../shared/make/project.mk
 #
 # Targets: install test demo train train-slurm lint handoff (plus data, test-slow, test-slurm).
-# Variables: CONFIG=<yaml> picks a config, ARGS="key=value ..." passes overrides, VENV=<dir> the environment.
+# Variables: CONFIG=<yaml> picks a config, ARGS="key=value ..." passes overrides, VENV=<dir> the environment,
+# NPROC=<n> processes for `make train` (default: the number of local GPUs, 1 without one).
 # Inside the monorepo the root .venv is used; a project folder taken alone (make handoff) builds its own.
 
 SHELL := /bin/bash
@@ -41,8 +42,11 @@ test-slow: install
 test-slurm: install
 	cd $(PROJECT_DIR) && $(PY) -m pytest -q -m slurm $(PYTEST_ARGS)
 
+# torchrun with one process per local GPU (one process on a CPU machine); NPROC=... overrides.
+NPROC ?= $(shell n=$$(nvidia-smi -L 2>/dev/null | grep -c ^GPU); [ "$$n" -gt 0 ] 2>/dev/null && echo $$n || echo 1)
 train: install
-	cd $(PROJECT_DIR) && $(VENV)/bin/$(PROJECT) train --config $(CONFIG) $(ARGS)
+	cd $(PROJECT_DIR) && $(PY) -m torch.distributed.run --standalone --nproc-per-node=$(NPROC) \
+	  -m $(PROJECT).cli train --config $(CONFIG) $(ARGS)
 
 train-slurm: install
 	cd $(PROJECT_DIR) && $(PY) -m musiccore.slurm submit --project $(PROJECT) --config $(CONFIG) $(if $(ARGS),-- $(ARGS))
