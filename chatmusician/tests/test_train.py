@@ -182,7 +182,6 @@ def test_slurm_preempt_requeue_resume(corpus_dir, tmp_path):
         assert time.monotonic() - t0 < 600, "job did not start training"
         time.sleep(0.5)
     slurm.signal_job(job, "USR1")
-    slurm.start_requeued_now(job)  # skip Slurm's requeue delay
     state = slurm.wait(job, timeout=900)
     logs = "".join(p.read_text() for p in (tmp_path / "slurm").glob("*.out"))
     assert state == "COMPLETED", logs[-3000:]

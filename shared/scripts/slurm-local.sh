@@ -47,6 +47,9 @@ SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 ReturnToService=2
 MinJobAge=600
+# A requeued job waits for the job credential to expire before it can start again (default 120 s); keep the
+# wait short on this test cluster. (Starting it earlier fails with "Job credential revoked".)
+AuthInfo=cred_expire=10
 KillWait=30
 SlurmctldLogFile=/var/log/slurm/slurmctld.log
 SlurmdLogFile=/var/log/slurm/slurmd.log

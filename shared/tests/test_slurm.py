@@ -78,7 +78,6 @@ def test_warning_signal_checkpoints_requeues_and_resumes(tmp_path):
     assert started.exists(), "job never started stepping"
     time.sleep(3)  # a few steps, none of them saved
     slurm.signal_job(job, "USR1")
-    slurm.start_requeued_now(job)  # skip Slurm's requeue delay so the test stays short
     deadline = time.monotonic() + 300
     while not (tmp_path / "out" / "result.json").exists() and time.monotonic() < deadline:
         time.sleep(1)

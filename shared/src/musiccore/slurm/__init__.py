@@ -159,15 +159,6 @@ def signal_job(job_id: str, sig: str = "USR1") -> None:
     _run(["scancel", f"--signal={sig}", "--batch", str(job_id)])
 
 
-def start_requeued_now(job_id: str, timeout: float = 120) -> None:
-    """Wait until a requeued job is pending again and let it start now.
-
-    Slurm holds a requeued job back (a begin time a little in the future); tests and impatient admins skip that.
-    """
-    wait(job_id, timeout=timeout, until={"PENDING"})
-    _run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"])
-
-
 def train_job(project: str, config: str, overrides: list[str] | None = None, project_dir: str | Path | None = None, **kw) -> JobSpec:
     """The JobSpec running ``<project>.cli train --config <config> <overrides>`` from the project folder."""
     name = kw.pop("job_name", None) or f"{project}-{Path(config).stem}"
