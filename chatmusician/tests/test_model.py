@@ -46,6 +46,36 @@ def test_config_errors():
         load_config(ChatMusicianConfig, CONFIGS / "tiny.yaml", ["deepspeed.offload_param=cpu"])
 
 
+def test_attention_auto_follows_packing():
+    from chatmusician.tokenization import Collator, pack_samples
+    from chatmusician.train import build_model, resolve_attention
+
+    packed = load_config(ChatMusicianConfig, CONFIGS / "tiny.yaml")
+    assert packed.pack.enabled and packed.model.attn_implementation == "auto"
+    assert resolve_attention(packed) == ("flash_attention_2" if torch.cuda.is_available() and _has_flash() else "packed_sdpa")
+    assert resolve_attention(load_config(ChatMusicianConfig, CONFIGS / "tiny.yaml", ["pack.enabled=false"])) == "sdpa"
+    assert resolve_attention(load_config(ChatMusicianConfig, CONFIGS / "tiny.yaml", ["model.attn_implementation=eager"])) == "eager"
+
+    class Tok:  # the four ids and the size build_model reads
+        pad_token_id, bos_token_id, eos_token_id = 0, 1, 2
+
+        def __len__(self):
+            return 40
+
+    model = build_model(packed, Tok())
+    assert model.config._attn_implementation == resolve_attention(packed)
+    # the registered implementation trains on packed rows
+    rows = pack_samples([{"input_ids": list(range(3, 3 + n)), "labels": list(range(3, 3 + n))} for n in (9, 5, 12)], 40)
+    model(**Collator()(rows)).loss.backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def _has_flash() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("flash_attn") is not None
+
+
 def test_deepspeed_dict():
     z2 = deepspeed_dict(DeepSpeedConfig(stage=2), "fp16")
     assert z2["zero_optimization"]["stage"] == 2 and "offload_optimizer" not in z2["zero_optimization"]

@@ -31,7 +31,9 @@ class ModelConfig:
     intermediate_size: int = 11008
     max_position_embeddings: int = 2048  # the released ChatMusician context
     rms_norm_eps: float = 1e-5
-    attn_implementation: str = "sdpa"  # sdpa | eager | packed_sdpa (per-sample attention in packed rows) | flash_attention_2
+    # auto: with pack.enabled, flash_attention_2 on CUDA when flash-attn is installed, else packed_sdpa (per-sample
+    # attention in packed rows); without packing, sdpa. Or name one: sdpa | eager | packed_sdpa | flash_attention_2
+    attn_implementation: str = "auto"
     dtype: str = "auto"  # weights dtype when loading: auto (follows trainer.precision) | float32 | bfloat16 | float16
     gradient_checkpointing: bool = False  # released: on
 

@@ -15,6 +15,7 @@ newest complete checkpoint; SIGUSR1/SIGTERM saves a checkpoint and stops (Slurm 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import math
@@ -57,6 +58,21 @@ def resolve_precision(cfg: ChatMusicianConfig) -> str:
     return "fp32"
 
 
+def resolve_attention(cfg: ChatMusicianConfig) -> str:
+    """``auto``: packed rows need attention kept inside each sample, and the stock SDPA path does that with a dense
+    [B, 1, T, T] block mask that computes every cross-sample block (slower than padding: benchmarks/train_tokens.py),
+    so packing gets flash-attention varlen on CUDA when ``flash_attn`` is installed, else ``packed_sdpa``; unpacked
+    batches get ``sdpa``."""
+    a = cfg.model.attn_implementation
+    if a != "auto":
+        return a
+    if not cfg.pack.enabled:
+        return "sdpa"
+    if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return "packed_sdpa"
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Builders
 
@@ -66,7 +82,8 @@ def build_model(cfg: ChatMusicianConfig, tokenizer):
     from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
     m = cfg.model
-    if m.attn_implementation == "packed_sdpa":
+    attn = resolve_attention(cfg)
+    if attn == "packed_sdpa":
         from .tokenization import register_packed_attention
 
         register_packed_attention()
@@ -83,14 +100,14 @@ def build_model(cfg: ChatMusicianConfig, tokenizer):
             max_position_embeddings=m.max_position_embeddings, rms_norm_eps=m.rms_norm_eps, tie_word_embeddings=False,
             pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         )
-        conf._attn_implementation = m.attn_implementation
+        conf._attn_implementation = attn
         torch.manual_seed(cfg.run.seed)
         model = LlamaForCausalLM(conf).to(dtype)
     else:
         if not m.name_or_path or not Path(m.name_or_path).is_dir():
             raise FileNotFoundError(f"model.name_or_path={m.name_or_path!r}: not a local model folder (nothing is downloaded)")
         model = AutoModelForCausalLM.from_pretrained(
-            m.name_or_path, dtype=dtype, attn_implementation=m.attn_implementation, trust_remote_code=False
+            m.name_or_path, dtype=dtype, attn_implementation=attn, trust_remote_code=False
         )
         if len(tokenizer) > model.get_input_embeddings().num_embeddings:
             model.resize_token_embeddings(len(tokenizer))
