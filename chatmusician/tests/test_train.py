@@ -76,7 +76,9 @@ def test_lora_train_and_export(cfg_on_corpus, tmp_path):
 
 def test_resume_after_kill(corpus_dir, tmp_path):
     run = tmp_path / "run"
-    cmd = _train_cmd(corpus_dir, run, "trainer.max_steps=6", "trainer.save_steps=2", "trainer.save_total_limit=5")
+    # 40 steps: the kill lands right after checkpoint-2, far from the end (with 6 steps a fast machine finished the
+    # whole run between two polls and the kill hit a process that had already written its summary)
+    cmd = _train_cmd(corpus_dir, run, "trainer.max_steps=40", "trainer.save_steps=2", "trainer.save_total_limit=50")
     p = subprocess.Popen(cmd, cwd=PROJECT, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ckpt = run / "checkpoints" / "checkpoint-2" / "trainer_state.json"
     t0 = time.monotonic()
@@ -90,10 +92,10 @@ def test_resume_after_kill(corpus_dir, tmp_path):
     r = subprocess.run(cmd, cwd=PROJECT, env=subprocess_env(), capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     s = json.loads((run / "summary.json").read_text())
-    assert s["global_step"] == 6
-    assert s["resumed_from"] and int(s["resumed_from"].rsplit("-", 1)[1]) >= 2
-    state = json.loads((run / "checkpoints" / "checkpoint-6" / "trainer_state.json").read_text())
-    assert state["global_step"] == 6
+    assert s["global_step"] == 40
+    assert s["resumed_from"] and 2 <= int(s["resumed_from"].rsplit("-", 1)[1]) < 40
+    state = json.loads((run / "checkpoints" / "checkpoint-40" / "trainer_state.json").read_text())
+    assert state["global_step"] == 40
 
 
 def _run_until_sigterm(cmd: list[str], run: Path, min_new_rows: int) -> dict:
