@@ -209,8 +209,8 @@ def register_packed_attention() -> str:
         key, value = repeat_kv(key, n_rep), repeat_kv(value, n_rep)
         T = query.shape[2]
         rows = []
-        # split/unbind + cat rather than slice assignment: the backward of T slices of a [B, H, T, D] tensor would
-        # allocate and fill a full-size gradient per slice (quadratic in the number of samples per row)
+        # split + cat rather than assigning each sample's output into a slice of a [B, H, T, D] tensor: the backward
+        # of every slice allocates and fills a full-size gradient (quadratic in the number of samples per row)
         for q, k, v, p in zip(query.split(1), key.split(1), value.split(1), pos.unbind(0)):
             starts = (p == 0).nonzero().flatten().tolist() + [T]
             lengths = [e - s for s, e in zip(starts, starts[1:])]
