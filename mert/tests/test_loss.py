@@ -129,3 +129,24 @@ def test_grad_multiply():
     y.sum().backward()
     assert torch.allclose(x.grad, torch.full((3,), 0.1))
     assert grad_multiply(x, 1.0) is x
+
+
+def test_baseline_hits_majority_and_copy_peers():
+    from mert.loss import baseline_hits
+
+    # one row, one codebook: labels 1 2 2 3 3 with frames 1, 2 and 3 masked
+    targets = torch.tensor([[[1, 2, 2, 3, 3]]])
+    mask = torch.tensor([[False, True, True, True, False]])
+    maj, copy = baseline_hits(targets, mask, [2])
+    assert maj == [2]  # masked frames 1 and 2
+    # frame 1 copies frame 0 (miss), frame 2 ties between 0 and 4 -> the earlier (miss), frame 3 copies 4 (hit)
+    assert copy == [1]
+    # labels 1 1 2 2 3 3, frames 1, 2 and 5 masked: 1 <- 0, 2 <- 3 (nearer), 5 <- 4: all hits
+    maj, copy = baseline_hits(torch.tensor([[[1, 1, 2, 2, 3, 3]]]),
+                              torch.tensor([[False, True, True, False, False, True]]), [9])
+    assert maj == [0] and copy == [3]
+    # a second codebook and a fully masked row (no context: the copy peer never hits)
+    targets = torch.tensor([[[0, 0, 0], [5, 5, 4]], [[7, 7, 7], [1, 1, 1]]])
+    mask = torch.tensor([[False, True, True], [True, True, True]])
+    maj, copy = baseline_hits(targets, mask, [7, 5])
+    assert maj == [3, 1] and copy == [2, 1]

@@ -94,3 +94,45 @@ def test_checkpoint_save_is_atomic(synth_data, tiny_cache, tmp_path):
     assert (run_dir / "checkpoint-2" / "trainer_state.json").is_file() and not (run_dir / ".staging").exists()
     steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert steps[0] == 1 and max(steps) == 2
+
+
+def test_eval_majority_baseline_uses_training_label_frequencies(synth_data, tiny_cache, tmp_path):
+    """eval_acc_majority = hit rate of the most frequent TRAINING label on the held-out masked frames.
+
+    (It used to be the mode of each validation batch's own masked targets: an oracle that overstated the baseline.)
+    """
+    import numpy as np
+
+    from mert import prepare
+    from mert.data import LabelStore
+    from mert.loss import compute_span_mask
+    from mert.train import build_trainer
+
+    cfg = load_train_config(CONFIG_DIR / "tiny.yaml", tiny_overrides(synth_data, tmp_path / "run", tiny_cache, **{
+        "data.valid_batches": 2, "data.max_tokens": 48000}))
+    trainer, _, _ = build_trainer(cfg)
+    metrics = trainer.evaluate()
+    # independent peer: label frequencies straight from the training label cache, masks redrawn from the batch seeds
+    rows = prepare.load_rows(cfg.data, "train")
+    store = LabelStore(prepare.label_dir_for(cfg, rows), rows)
+    all_labels = np.concatenate([store.get(i) for i in range(len(rows))], axis=1)
+    majority = [int(np.bincount(all_labels[k]).argmax()) for k in range(all_labels.shape[0])]
+    hits = total = batches = 0
+    for bi, batch in enumerate(trainer.valid_sampler):
+        if bi >= cfg.data.valid_batches:
+            break
+        inputs = trainer.collater([trainer.valid_data[key] for key in batch])
+        wav, labels = inputs["input_values"], inputs["labels"].numpy()
+        rng = np.random.default_rng([int(inputs["seed"].reshape(-1)[0]), 7])
+        n_frames = cfg.model.num_frames(wav.shape[1])
+        mask = compute_span_mask(wav.shape[0], n_frames, cfg.model.mask_prob, cfg.model.mask_length,
+                                 cfg.model.mask_min_masks, rng)
+        t = min(n_frames, labels.shape[-1])
+        m = mask[:, :t]
+        for k, lab in enumerate(majority):
+            hits += int((labels[:, k, :t][m] == lab).sum())
+            total += int(m.sum())
+        batches += 1
+    assert batches == 2
+    assert metrics["eval_acc_majority"] == pytest.approx(hits / total)
+    assert 0.0 <= metrics["eval_acc_copy"] <= 1.0

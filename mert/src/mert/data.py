@@ -184,6 +184,18 @@ class LabelStore:
         entry = self._index[i]
         return 0 if entry is None else entry[2]
 
+    def class_counts(self, indices: Sequence[int] | None = None) -> list[np.ndarray]:
+        """Label frequencies of rows ``indices`` (default: every labelled row): K arrays [C_k] of frame counts."""
+        rows = range(len(self._index)) if indices is None else indices
+        counts = [np.zeros(c, dtype=np.int64) for c in self.codebook_sizes]
+        for i in rows:
+            if self._index[i] is None:
+                continue
+            lab = self.get(i)
+            for k, c in enumerate(self.codebook_sizes):
+                counts[k] += np.bincount(lab[k], minlength=c)[:c]
+        return counts
+
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Dataset, sampler, collater

@@ -216,6 +216,39 @@ def mert_loss(
     return LossOutput(loss=loss, ce_sum=ce_sum, features_pen=features_pen.float(), cqt_mse=cqt_mse, num_masked=m, correct=correct)
 
 
+def baseline_hits(targets: torch.Tensor, mask: torch.Tensor, majority: list[int] | torch.Tensor) -> tuple[list[int], list[int]]:
+    """Correct predictions of two label-only peers on the masked frames (the floor a trained model must beat).
+
+    - majority: always predict ``majority[k]``, the most frequent label of codebook k in the TRAINING labels (the
+      rate a model reaches by learning the label frequencies only);
+    - copy: predict the label of the nearest unmasked frame of the same row (ties: the earlier one), i.e. how
+      predictable the labels are from their unmasked context when the labels themselves are known.
+
+    Args:
+        targets: teacher labels [B, K, T] (long).
+        mask: masked frames [B, T] (bool).
+        majority: K label ids.
+
+    Returns:
+        (majority hits per codebook, copy hits per codebook), counted over the masked frames; a row without any
+        unmasked frame gives the copy peer no hit.
+    """
+    b, k, t = targets.shape
+    mask = mask.bool()
+    maj = torch.as_tensor(majority, dtype=targets.dtype, device=targets.device).reshape(1, k, 1)
+    maj_hits = ((targets == maj) & mask[:, None]).sum(dim=(0, 2))
+    pos = torch.arange(t, device=targets.device).expand(b, t)
+    big = t * 4  # farther than any real frame
+    # last unmasked frame at or before t, first unmasked frame at or after t (running max / min over the row)
+    prev = torch.where(~mask, pos, torch.full_like(pos, -big)).cummax(dim=1).values
+    nxt = torch.where(~mask, pos, torch.full_like(pos, 2 * big)).flip(1).cummin(dim=1).values.flip(1)
+    src = torch.where(pos - prev <= nxt - pos, prev, nxt)
+    valid = mask & (src >= 0) & (src < t)
+    copied = targets.gather(2, src.clamp(0, t - 1)[:, None, :].expand(b, k, t))
+    copy_hits = ((copied == targets) & valid[:, None]).sum(dim=(0, 2))
+    return [int(v) for v in maj_hits], [int(v) for v in copy_hits]
+
+
 def grad_multiply(x: torch.Tensor, scale: float) -> torch.Tensor:
     """Identity in the forward pass, gradient scaled by ``scale`` in the backward pass (fairseq GradMultiply).
 
