@@ -83,8 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="pretrain the tiny model briefly, extract features of data-kit clips, summarise "
                                     "them per layer and probe them")
     p.add_argument("--checkpoint", default=None,
-                   help="model folder (default: the newest tiny pretraining run $MUSIC_RUNS_DIR/mert/tiny-*/encoder, "
-                        "trained first for --train-minutes when there is none)")
+                   help="model folder (default: the newest run of the current tiny config, "
+                        "$MUSIC_RUNS_DIR/mert/tiny-<config hash>/encoder, trained first for --train-minutes when there "
+                        "is none)")
     p.add_argument("--train-minutes", type=float, default=2.0,
                    help="CPU minutes of tiny pretraining when no trained model exists (0: use random weights)")
     p.add_argument("--probe-task", default="instrument", choices=["key", "meter", "instrument", "tempo", "none"],
@@ -200,10 +201,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
         ckpt_dir = Path(args.checkpoint)
         folder = find_model_folder(ckpt_dir)
     else:
-        # `mert train --config configs/tiny.yaml` writes $MUSIC_RUNS_DIR/mert/tiny-<config hash>/encoder
+        # `mert train --config configs/tiny.yaml` writes $MUSIC_RUNS_DIR/mert/tiny-<config hash>/encoder; only runs of
+        # the current tiny config count (a run of an older config would show numbers the code no longer produces)
+        from .train import tiny_run_dirs
+
         ckpt_dir = runs_root() / "mert" / "tiny-*"
-        runs = sorted(runs_root().glob("mert/tiny-*"), key=lambda p: p.stat().st_mtime, reverse=True)
+        current = tiny_run_dirs(args.train_minutes if args.train_minutes > 0 else 2.0)
+        runs = sorted((r for r in current if r.is_dir()), key=lambda p: p.stat().st_mtime, reverse=True)
         folder = next((f for f in map(find_model_folder, runs) if f is not None), None)
+        stale = [r for r in runs_root().glob("mert/tiny-*") if r not in current]
+        if folder is None and stale:
+            print(f"ignoring {len(stale)} tiny run(s) of an older tiny config under {ckpt_dir.parent} "
+                  "(pass --checkpoint to use one)")
     if folder is None and not args.checkpoint and args.train_minutes > 0:
         from .train import train_tiny_for_demo
 
