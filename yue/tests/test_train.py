@@ -65,3 +65,37 @@ def test_train_resume_and_checkpoint(tmp_path):
     assert [r["step"] for r in rows2] == [3]
     r = evaluate_codec(codec, np.random.default_rng(0).standard_normal(3200).astype(np.float32) * 0.1, 6.0)
     assert r["codes_shape"] == [12, 10] and np.isfinite(r["snr_db"]) and r["recon"].shape == (3200,)
+
+
+def test_init_codebooks_fits_every_stage_of_the_residual():
+    from yue.codec.losses import init_codebooks
+
+    torch.manual_seed(0)
+    codec = XCodec(tiny_config())
+    q = codec.model.quantizer
+    e = torch.randn(8, codec.cfg.D + codec.cfg.semantic.hidden_size, 400)  # 3200 vectors > 1024 codes
+    assert init_codebooks(q, e) == 12
+    assert init_codebooks(q, e) == 0  # initialised codebooks are left alone
+    residual, energies = e.transpose(1, 2).reshape(-1, e.shape[1]), []
+    for layer in q.quantizers:
+        assert float(layer.codebook.embed.abs().sum()) > 0
+        residual = residual - torch.nn.functional.embedding(layer.codebook.quantize(residual), layer.codebook.embed)
+        energies.append(float(residual.pow(2).mean()))
+    assert all(b < a for a, b in zip(energies, energies[1:]))  # each stage removes some of what is left
+    assert energies[-1] > 0
+
+
+def test_training_starts_with_initialised_codebooks(tmp_path):
+    """Regression: codebooks were k-means'd from the first 2-crop batch (fewer vectors than codes), so codebook 0
+    copied that batch, the residual was exactly zero and codebooks 1-11 started as all-zero tables."""
+    cfg = CodecTrainConfig()
+    cfg.trainer.run_dir = str(tmp_path / "run")
+    cfg.trainer.max_steps = 1
+    cfg.data.root = str(tmp_path / "no-kit")  # synthesized songs (warned)
+    cfg.data.max_songs = 2
+    cfg.data.segment_s = 0.64  # 32 frames per crop: 2 crops = 64 vectors for 1024 codes
+    cfg.data.batch_size = 2
+    codec = XCodec.from_pretrained(train_codec(cfg) / "checkpoint")
+    tables = [layer.codebook.embed for layer in codec.model.quantizer.quantizers]
+    assert all(float(t.abs().sum()) > 0 for t in tables)
+    assert len(torch.unique(tables[0], dim=0)) > 500  # not copies of the 64 vectors of one batch

@@ -13,7 +13,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["rvq_forward", "multiscale_stft_loss", "codec_forward", "snr_db", "log_spectral_distance"]
+__all__ = [
+    "rvq_forward", "init_codebooks", "codec_latent", "multiscale_stft_loss", "codec_forward", "snr_db",
+    "log_spectral_distance",
+]  # fmt: skip
+
+_WINDOWS: dict = {}  # (n_fft, device, dtype) -> Hann window: built once, not at every loss call
 
 
 @torch.no_grad()
@@ -47,7 +52,9 @@ def rvq_forward(
     for layer in quantizer.quantizers[:n_q]:
         cb = layer.codebook
         x = residual.transpose(1, 2).reshape(-1, residual.shape[1])  # [B*T, D]
-        if training and bool((cb.embed.abs().sum() == 0).item()):
+        if training and bool((cb.embed.abs().sum() == 0).item()) and bool((x.detach().abs().max() > 1e-8).item()):
+            # lazy init (prefer init_codebooks on a pool > bins vectors); a zero residual (the batch was matched
+            # exactly by the codebooks above) would init a table of zeros, so wait for a step with real data
             _init_codebook(cb, x.detach())
         with torch.no_grad():
             idx = cb.quantize(x.detach())  # nearest code (Euclidean)
@@ -75,8 +82,34 @@ def rvq_forward(
     return out, torch.stack(codes), commit
 
 
+@torch.no_grad()
+def init_codebooks(quantizer, e: torch.Tensor, iters: int = 5) -> int:
+    """Data-driven init of every all-zero codebook, in RVQ order, from a pool ``e [B, D, T]`` of encoder outputs.
+
+    Codebook ``k`` is fit (k-means) to a random half of the residual left by codebooks ``0..k-1``. Use a pool with
+    clearly more vectors than ``2 * bins`` (B * T >> 2048): from fewer, codebook 0 copies the vectors exactly, the
+    residual is zero and the deeper codebooks get nothing to learn from. An all-zero residual is skipped (left for
+    the lazy init in :func:`rvq_forward`). Returns the number of codebooks initialised.
+    """
+    residual = e.transpose(1, 2).reshape(-1, e.shape[1]).float()
+    done = 0
+    for layer in quantizer.quantizers:
+        cb = layer.codebook
+        if bool((cb.embed.abs().sum() == 0).item()) and bool((residual.abs().max() > 1e-8).item()):
+            # fit on a random half: the vectors a code copies exactly leave a zero residual, the other half
+            # keeps real residual for the next codebook
+            half = torch.randperm(residual.shape[0], device=residual.device)[: max(1, residual.shape[0] // 2)]
+            _init_codebook(cb, residual[half], iters)
+            done += 1
+        residual = residual - F.embedding(cb.quantize(residual), cb.embed)
+    return done
+
+
 def _stft_mag(x: torch.Tensor, n_fft: int) -> torch.Tensor:
-    win = torch.hann_window(n_fft, device=x.device)
+    key = (n_fft, x.device, x.dtype)
+    win = _WINDOWS.get(key)
+    if win is None:
+        win = _WINDOWS[key] = torch.hann_window(n_fft, device=x.device, dtype=x.dtype)
     return torch.stft(x, n_fft, n_fft // 4, window=win, return_complex=True).abs().clamp(min=1e-5)
 
 
@@ -89,6 +122,18 @@ def multiscale_stft_loss(y: torch.Tensor, x: torch.Tensor, ffts=(256, 512, 1024)
     return total / len(ffts)
 
 
+def codec_latent(codec, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pre-quantizer latent of ``x [B, 1, N]``: ``(e [B, D+S, T], semantic teacher features [B, T', S])``."""
+    m = codec.model
+    with torch.no_grad():  # the HuBERT teacher is frozen
+        sem = m._extract_semantic_features(x)  # [B, T, S], mean over all hidden states
+    e_sem = m.encoder_semantic(sem.transpose(1, 2))
+    e_ac = m.acoustic_encoder(x)
+    t = min(e_sem.shape[-1], e_ac.shape[-1])
+    e = m.fc(torch.cat([e_ac[..., :t], e_sem[..., :t]], dim=1).transpose(1, 2)).transpose(1, 2)
+    return e, sem
+
+
 def codec_forward(codec, x: torch.Tensor, n_q: int, training: bool = True):
     """One forward of the full codec on ``x [B, 1, N]`` (N a multiple of the hop).
 
@@ -97,12 +142,8 @@ def codec_forward(codec, x: torch.Tensor, n_q: int, training: bool = True):
         reconstruction through ``fc1`` + ``decoder_semantic``, as upstream trains it).
     """
     m = codec.model
-    with torch.no_grad():  # the HuBERT teacher is frozen
-        sem = m._extract_semantic_features(x)  # [B, T, S], mean over all hidden states
-    e_sem = m.encoder_semantic(sem.transpose(1, 2))
-    e_ac = m.acoustic_encoder(x)
-    t = min(e_sem.shape[-1], e_ac.shape[-1])
-    e = m.fc(torch.cat([e_ac[..., :t], e_sem[..., :t]], dim=1).transpose(1, 2)).transpose(1, 2)
+    e, sem = codec_latent(codec, x)
+    t = e.shape[-1]
     q, codes, commit = rvq_forward(m.quantizer, e, n_q, training)
     y = m.acoustic_decoder(m.fc2(q.transpose(1, 2)).transpose(1, 2))[..., : x.shape[-1]]
     sem_rec = m.decoder_semantic(m.fc1(q.transpose(1, 2)).transpose(1, 2))

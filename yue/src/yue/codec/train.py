@@ -51,24 +51,31 @@ class DataSection:
         batch_size: crops per step.
         allow_synth: fall back to synthesized songs (with a warning) when the kit has none.
         max_songs: cap on songs loaded (None: all).
+        init_crops: crops whose encoder outputs initialise the (all-zero) codebooks by k-means before step 1;
+            they must give clearly more vectors than the 1024 codes (128 crops x 32 frames = 4096).
     """
 
     root: str | None = None
     split: str | None = None
     stems: list[str] = field(default_factory=lambda: ["mix", "vocal", "accompaniment"])
     segment_s: float = 0.64
-    batch_size: int = 2
+    batch_size: int = 4
     allow_synth: bool = True
-    max_songs: int | None = 8
+    max_songs: int | None = None
+    init_crops: int = 128
 
 
 @dataclass
 class LossSection:
-    """Loss weights: waveform L1, multi-scale STFT, commitment, semantic reconstruction."""
+    """Loss weights: waveform L1, multi-scale STFT, commitment, semantic reconstruction.
 
-    l1: float = 1.0
-    stft: float = 1.0
-    commit: float = 0.25
+    The waveform L1 is ~0.1 while the STFT loss is ~2, so L1 needs a large weight to matter: with ``l1=1`` the tiny
+    codec learns the spectrum but not the phase (SNR stays below 0 dB on held-out songs).
+    """
+
+    l1: float = 50.0
+    stft: float = 0.25
+    commit: float = 0.05
     semantic: float = 0.1
 
 
@@ -76,7 +83,7 @@ class LossSection:
 class OptimSection:
     """Adam with linear warm-up. ``lr``: peak; ``grad_clip``: max grad norm."""
 
-    lr: float = 1e-3
+    lr: float = 3e-3
     betas: list[float] = field(default_factory=lambda: [0.8, 0.99])
     warmup_steps: int = 10
     grad_clip: float = 1.0
@@ -88,7 +95,7 @@ class TrainerSection:
     available), cpu or cuda; ``threads``: torch CPU threads (None: torch's default)."""
 
     run_dir: str | None = None
-    max_steps: int = 200
+    max_steps: int = 1000
     log_every: int = 10
     save_every: int = 50
     seed: int = 0
@@ -180,7 +187,7 @@ def train_codec(cfg: CodecTrainConfig, fresh: bool = False) -> Path:
     """Train the codec as configured; returns the run folder (its ``checkpoint/`` loads with XCodec.from_pretrained)."""
     from musiccore.runs import append_jsonl, prepare_run_dir, runs_root
 
-    from yue.codec.losses import codec_forward, multiscale_stft_loss
+    from yue.codec.losses import codec_forward, codec_latent, init_codebooks, multiscale_stft_loss
     from yue.songs import load_songs
 
     tc = cfg.trainer
@@ -192,7 +199,8 @@ def train_codec(cfg: CodecTrainConfig, fresh: bool = False) -> Path:
     codec = load_or_init_codec(cfg).to(device)
     codec.model.semantic_model.requires_grad_(False)
     params = [p for n, p in codec.model.named_parameters() if not n.startswith("semantic_model.")]
-    opt = torch.optim.Adam(params, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas))
+    # foreach: one fused update over the ~200 small tensors (2-3x faster on CPU than the per-tensor loop)
+    opt = torch.optim.Adam(params, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), foreach=True)
     step = _resume(run_dir, codec, opt)
     if step >= tc.max_steps:
         log.info("already trained to step %d (max_steps %d)", step, tc.max_steps)
@@ -216,6 +224,13 @@ def train_codec(cfg: CodecTrainConfig, fresh: bool = False) -> Path:
              n_q_choices, run_dir)  # fmt: skip
     codec.model.train()
     codec.model.semantic_model.eval()
+    empty = [bool((layer.codebook.embed.abs().sum() == 0).item()) for layer in codec.model.quantizer.quantizers]
+    if step == 0 and cfg.data.init_crops > 0 and any(empty):  # a converted release (init_from) skips this
+        with torch.no_grad():  # k-means codebooks from a pool of crops (a 2-crop batch would only be memorised)
+            pool = sampler.batch(cfg.data.init_crops).to(device)
+            e = torch.cat([codec_latent(codec, pool[i : i + 16])[0] for i in range(0, len(pool), 16)])
+            n_init = init_codebooks(codec.model.quantizer, e)
+        log.info("initialised %d codebooks by k-means on %d vectors", n_init, e.shape[0] * e.shape[-1])
     t0, seen = time.perf_counter(), 0
     try:
         while step < tc.max_steps and not stop["flag"]:
