@@ -250,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.set_defaults(func=cmd_train)
 
     demo = sub.add_parser("demo", help="tiny codec + tokenizer end to end on a data-kit song (a few minutes, CPU)")
-    demo.add_argument("--steps", type=int, default=30, help="codec training steps when no --codec is given")
+    demo.add_argument("--steps", type=int, default=100, help="codec training steps when no --codec is given")
     demo.add_argument("--codec", default=None, help="use this trained codec instead of training one")
     demo.add_argument("--seconds", type=float, default=8.0, help="length of the song excerpt")
     demo.add_argument("-o", "--output", default=None, help="output folder (default $MUSIC_RUNS_DIR/yue-demo)")
