@@ -68,3 +68,26 @@ def test_save_roundtrip_and_hash(tmp_path):
     assert config_hash(cfg) != config_hash(load_config(Cfg, None, ["optim.lr=0.02"]))
     # logging does not change the experiment
     assert config_hash(cfg) == config_hash(load_config(Cfg, None, ["optim.lr=0.01", "logging.every=1"]))
+
+
+def test_launch_section_is_not_part_of_the_run_config(tmp_path):
+    import dataclasses
+
+    from musiccore.config import ConfigError, config_hash, launch_section, load_config
+
+    @dataclasses.dataclass
+    class Optim:
+        lr: float = 1e-3
+
+    @dataclasses.dataclass
+    class Cfg:
+        optim: Optim = dataclasses.field(default_factory=Optim)
+
+    (tmp_path / "base.yaml").write_text("slurm: {nodes: 2, gpus_per_node: 8}\noptim: {lr: 0.5}\n")
+    (tmp_path / "child.yaml").write_text("_base_: base.yaml\nslurm: {time: '01:00:00'}\n")
+    cfg = load_config(Cfg, tmp_path / "child.yaml")
+    assert cfg.optim.lr == 0.5 and config_hash(cfg) == config_hash(load_config(Cfg, None, ["optim.lr=0.5"]))
+    assert launch_section(tmp_path / "child.yaml") == {"nodes": 2, "gpus_per_node": 8, "time": "01:00:00"}
+    (tmp_path / "bad.yaml").write_text("slurm: {gpus_per_node: -1}\n")
+    with pytest.raises(ConfigError, match="bad.yaml.*slurm.gpus_per_node.*non-negative int"):
+        load_config(Cfg, tmp_path / "bad.yaml")

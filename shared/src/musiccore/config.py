@@ -28,6 +28,9 @@ from omegaconf.errors import OmegaConfBaseException
 T = TypeVar("T")
 
 BASE_KEY = "_base_"
+#: Top-level YAML section with the job's launch resources (read by ``musiccore.slurm``, never part of the run config).
+LAUNCH_KEY = "slurm"
+LAUNCH_FIELDS = {"nodes": int, "gpus_per_node": int, "nproc_per_node": int, "cpus_per_task": int, "time": str}
 
 
 class ConfigError(ValueError):
@@ -56,6 +59,29 @@ def _read_yaml(path: Path, _seen: tuple[Path, ...] = ()) -> dict:
     return OmegaConf.to_container(OmegaConf.merge(merged, data))  # type: ignore[return-value]
 
 
+def launch_section(path: str | Path) -> dict:
+    """The ``slurm:`` section of a config file (with its ``_base_`` chain), validated; ``{}`` when it has none.
+
+    It holds what a recipe needs from the cluster (e.g. ``gpus_per_node: 8``, ``nodes: 2``, ``time: "48:00:00"``);
+    :func:`load_config` drops it, so it never changes a run's config or its hash.
+
+    Raises:
+        ConfigError: unknown key or wrong type, naming the file.
+    """
+    sec = _read_yaml(Path(path)).get(LAUNCH_KEY) or {}
+    if not isinstance(sec, dict):
+        raise ConfigError(f"{path}: '{LAUNCH_KEY}' must be a mapping, got {type(sec).__name__}")
+    out = {}
+    for k, v in sec.items():
+        if k not in LAUNCH_FIELDS:
+            raise ConfigError(f"{path}: unknown key '{LAUNCH_KEY}.{k}' (known: {', '.join(LAUNCH_FIELDS)})")
+        typ = LAUNCH_FIELDS[k]
+        if isinstance(v, bool) or not isinstance(v, typ) or (typ is int and v < 0):
+            raise ConfigError(f"{path}: '{LAUNCH_KEY}.{k}' must be a non-negative {typ.__name__}, got {v!r}")
+        out[k] = v
+    return out
+
+
 def load_config(schema: type[T], path: str | Path | None = None, overrides: Iterable[str] = ()) -> T:
     """Build a ``schema`` instance from its defaults, a YAML file and dotted overrides.
 
@@ -75,7 +101,11 @@ def load_config(schema: type[T], path: str | Path | None = None, overrides: Iter
     try:
         if path is not None:
             source = str(path)
-            base = OmegaConf.merge(base, _read_yaml(Path(path)))
+            data = _read_yaml(Path(path))
+            if LAUNCH_KEY not in {f.name for f in dataclasses.fields(schema)}:  # type: ignore[arg-type]
+                launch_section(path)  # validated here, used by the Slurm launcher only
+                data.pop(LAUNCH_KEY, None)
+            base = OmegaConf.merge(base, data)
         overrides = list(overrides)
         for ov in overrides:
             if "=" not in ov:

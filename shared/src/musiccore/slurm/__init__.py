@@ -9,10 +9,17 @@ flag               environment variable             meaning
 ``--account``      ``SLURM_ACCOUNT``                account (omitted when unset)
 ``--time``         ``MUSIC_SLURM_TIME``             time limit (default 24:00:00)
 ``--nodes``        ``MUSIC_SLURM_NODES``            nodes (default 1)
-``--gpus-per-node````MUSIC_SLURM_GPUS_PER_NODE``     GPUs per node (default: 0 = CPU processes)
+``--gpus-per-node````MUSIC_SLURM_GPUS_PER_NODE``     GPUs per node (default: see below)
 ``--nproc-per-node````MUSIC_SLURM_NPROC_PER_NODE``   CPU processes per node when no GPUs (default 1)
 ``--cpus-per-task````MUSIC_SLURM_CPUS_PER_TASK``     CPUs per node task (default 8 per GPU, else 2)
 =================  ===============================  =====================================
+
+A config file may also carry a ``slurm:`` section (``nodes``, ``gpus_per_node``, ``nproc_per_node``,
+``cpus_per_task``, ``time``): what the recipe needs, e.g. ``gpus_per_node: 8`` in a 7B config. Each value comes from,
+in this order: the flag, the environment variable, the config's ``slurm:`` section, the default. GPUs per node are
+never silently none: without a flag, variable or config value, the launcher asks ``sinfo`` how many GPUs a node of
+the partition (the default partition when none is named) offers and takes all of them; the choice and where it
+came from are written into the script as a comment and logged. Only a partition without GPUs gives a CPU job.
 
 Logs go to ``$MUSIC_RUNS_DIR/slurm/<job-name>-<jobid>.out``. The job runs
 ``torchrun -m <project>.cli train --config <config> key=value ...`` from the project folder, so a relaunch or a
@@ -21,6 +28,7 @@ requeue of the same config resumes the same run folder.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shlex
@@ -34,6 +42,8 @@ from pathlib import Path
 from string import Template
 
 from ..runs import atomic_write_text, runs_root
+
+log = logging.getLogger(__name__)
 
 
 class SlurmError(RuntimeError):
@@ -59,22 +69,80 @@ class JobSpec:
     extra_sbatch: list[str] = field(default_factory=list)  # raw "#SBATCH ..." option strings, e.g. "--mem=0"
     log_dir: str | None = None
     python: str = sys.executable
+    gpu_source: str = ""  # where gpus_per_node came from (written into the script as a comment)
 
     @classmethod
-    def from_env(cls, module: str, args: list[str], **kw) -> "JobSpec":
-        env = os.environ
-        defaults = dict(
-            nodes=int(env.get("MUSIC_SLURM_NODES", 1)),
-            gpus_per_node=int(env.get("MUSIC_SLURM_GPUS_PER_NODE", 0)),
-            nproc_per_node=int(env.get("MUSIC_SLURM_NPROC_PER_NODE", 1)),
-            time=env.get("MUSIC_SLURM_TIME", "24:00:00"),
-            partition=env.get("SLURM_PARTITION"),
-            account=env.get("SLURM_ACCOUNT"),
-        )
-        if env.get("MUSIC_SLURM_CPUS_PER_TASK"):
-            defaults["cpus_per_task"] = int(env["MUSIC_SLURM_CPUS_PER_TASK"])
-        defaults.update({k: v for k, v in kw.items() if v is not None})
-        return cls(module=module, args=args, **defaults)
+    def from_env(cls, module: str, args: list[str], launch: dict | None = None, **kw) -> "JobSpec":
+        """A spec from flags (``kw``, ``None`` = not given), then the environment, then ``launch`` (a config's
+        ``slurm:`` section), then defaults; GPUs per node fall back to what the partition offers (:func:`partition_gpus`)."""
+        env, launch = os.environ, dict(launch or {})
+        kw = {k: v for k, v in kw.items() if v is not None}
+        env_keys = {"nodes": "MUSIC_SLURM_NODES", "gpus_per_node": "MUSIC_SLURM_GPUS_PER_NODE",
+                    "nproc_per_node": "MUSIC_SLURM_NPROC_PER_NODE", "cpus_per_task": "MUSIC_SLURM_CPUS_PER_TASK",
+                    "time": "MUSIC_SLURM_TIME"}  # fmt: skip
+        sources = {}
+        for key, var in env_keys.items():
+            if key in kw:
+                sources[key] = "flag"
+            elif env.get(var):
+                kw[key] = env[var] if key == "time" else int(env[var])
+                sources[key] = f"${var}"
+            elif key in launch:
+                kw[key] = launch[key]
+                sources[key] = "config slurm section"
+        kw.setdefault("partition", env.get("SLURM_PARTITION"))
+        kw.setdefault("account", env.get("SLURM_ACCOUNT"))
+        if "gpus_per_node" in kw:
+            kw["gpu_source"] = sources.get("gpus_per_node", "flag")
+        else:
+            try:
+                found, why = partition_gpus(kw.get("partition")), "sinfo not found"
+            except SlurmError as e:  # controller down, unknown partition: sbatch will say more; do not guess GPUs
+                found, why = None, f"sinfo failed: {e}"
+            if found is None:
+                kw["gpus_per_node"] = 0
+                kw["gpu_source"] = (f"{why}, so NO GPUs requested: give a count with the gpus-per-node flag, "
+                                    "MUSIC_SLURM_GPUS_PER_NODE or slurm.gpus_per_node in the config")  # fmt: skip
+                log.warning("slurm: %s", kw["gpu_source"])
+            else:
+                n, part = found
+                kw["gpus_per_node"] = n
+                kw["gpu_source"] = f"all GPUs of a node of partition {part!r} (sinfo)" if n else (
+                    f"partition {part!r} offers no GPUs (sinfo): CPU processes")  # fmt: skip
+            log.info("slurm: %d GPUs per node (%s)", kw["gpus_per_node"], kw["gpu_source"])
+        return cls(module=module, args=args, **kw)
+
+
+_GRES_GPU = re.compile(r"^gpu(?::[^:(]+)?:(\d+)")
+
+
+def partition_gpus(partition: str | None = None) -> tuple[int, str] | None:
+    """``(GPUs per node, partition)`` that ``sinfo`` reports for ``partition`` (the default one when ``None``).
+
+    Reads the generic resources (``%G``, e.g. ``gpu:8``, ``gpu:a100:4(S:0-1)``, ``(null)``) and returns the largest
+    GPU count of the partition's nodes (0 when it has none). ``None`` when ``sinfo`` is not installed (e.g. a
+    ``--dry-run`` on a laptop).
+
+    Raises:
+        SlurmError: ``sinfo`` fails, or the named partition (or a default one) does not exist.
+    """
+    if shutil.which("sinfo") is None:
+        return None
+    cmd = ["sinfo", "-h", "-o", "%P|%G"] + (["-p", partition] if partition else [])
+    rows = [line.split("|", 1) for line in _run(cmd).splitlines() if "|" in line]
+    if partition is None:  # the default partition is marked with '*'
+        rows = [r for r in rows if r[0].endswith("*")]
+    else:
+        rows = [r for r in rows if r[0].rstrip("*") == partition]
+    if not rows:
+        raise SlurmError(f"sinfo lists no {'partition ' + repr(partition) if partition else 'default partition'}")
+    best = 0
+    for _, gres in rows:
+        for item in gres.split(","):
+            m = _GRES_GPU.match(item.strip())
+            if m:
+                best = max(best, int(m.group(1)))
+    return best, rows[0][0].rstrip("*")
 
 
 def render(spec: JobSpec) -> str:
@@ -98,7 +166,8 @@ def render(spec: JobSpec) -> str:
         log_dir=log_dir,
         workdir=Path(spec.workdir).resolve(),
         signal_lead_s=spec.signal_lead_s,
-        extra_sbatch="\n".join(f"#SBATCH {e}" for e in extra),
+        extra_sbatch="\n".join([f"#SBATCH {e}" for e in extra]
+                                + [f"# GPUs per node: {spec.gpus_per_node} ({spec.gpu_source or 'given'})"]),
         python=shlex.quote(spec.python),
         nproc_per_node=nproc,
         module=spec.module,
@@ -160,12 +229,20 @@ def signal_job(job_id: str, sig: str = "USR1") -> None:
 
 
 def train_job(project: str, config: str, overrides: list[str] | None = None, project_dir: str | Path | None = None, **kw) -> JobSpec:
-    """The JobSpec running ``<project>.cli train --config <config> <overrides>`` from the project folder."""
+    """The JobSpec running ``<project>.cli train --config <config> <overrides>`` from the project folder.
+
+    Resources come from ``kw`` (flags), the environment, then the config's ``slurm:`` section (see the module docstring).
+    """
+    from ..config import launch_section
+
     name = kw.pop("job_name", None) or f"{project}-{Path(config).stem}"
+    cfg_path = Path(project_dir or ".") / config
+    launch = launch_section(cfg_path) if cfg_path.is_file() else {}
     return JobSpec.from_env(
         module=f"{project}.cli",
         args=["train", "--config", str(config), *(overrides or [])],
         workdir=str(project_dir or "."),
         job_name=name,
+        launch=launch,
         **kw,
     )

@@ -6,8 +6,10 @@ Renders the shared sbatch template for ``<project>.cli train`` and submits it (`
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
+from ..config import ConfigError
 from . import SlurmError, render, submit, train_job
 
 
@@ -29,11 +31,12 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--dry-run", action="store_true", help="print the script instead of submitting it")
     s.add_argument("overrides", nargs="*", help="key=value config overrides (after --)")
     a = p.parse_args(argv)
-    spec = train_job(
-        a.project, a.config, a.overrides, nodes=a.nodes, gpus_per_node=a.gpus_per_node, nproc_per_node=a.nproc_per_node,
-        cpus_per_task=a.cpus_per_task, time=a.time, partition=a.partition, account=a.account, job_name=a.job_name,
-        extra_sbatch=a.sbatch or None,
-    )
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        spec = _spec(a)
+    except (SlurmError, ConfigError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     if a.dry_run:
         print(render(spec))
         return 0
@@ -42,8 +45,17 @@ def main(argv: list[str] | None = None) -> int:
     except SlurmError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    print(f"submitted {spec.job_name} as job {job}; log: {spec.log_dir or '$MUSIC_RUNS_DIR/slurm'}/{spec.job_name}-{job}.out")
+    print(f"submitted {spec.job_name} as job {job} ({spec.nodes} node(s) x {spec.gpus_per_node} GPU(s): {spec.gpu_source}); "
+          f"log: {spec.log_dir or '$MUSIC_RUNS_DIR/slurm'}/{spec.job_name}-{job}.out")
     return 0
+
+
+def _spec(a):
+    return train_job(
+        a.project, a.config, a.overrides, nodes=a.nodes, gpus_per_node=a.gpus_per_node, nproc_per_node=a.nproc_per_node,
+        cpus_per_task=a.cpus_per_task, time=a.time, partition=a.partition, account=a.account, job_name=a.job_name,
+        extra_sbatch=a.sbatch or None,
+    )
 
 
 if __name__ == "__main__":
