@@ -10,7 +10,8 @@ A run folder holds everything needed to understand and resume a run::
               checkpoints/    written by the trainer, atomically
 
 Locations come from the environment, never from code: ``MUSIC_RUNS_DIR`` (default ``./runs``),
-``MUSIC_DATA_DIR`` (the offline data kit), ``MUSIC_CACHE_DIR`` (caches, default ``~/.cache/musiccore``).
+``MUSIC_DATA_DIR`` (the offline data kit; default: the checkout's ``data/kit``, see :func:`data_dir`),
+``MUSIC_CACHE_DIR`` (caches, default ``~/.cache/musiccore``).
 """
 
 from __future__ import annotations
@@ -35,9 +36,24 @@ def runs_root() -> Path:
     return Path(os.environ.get("MUSIC_RUNS_DIR", "runs")).expanduser()
 
 
+def checkout_root() -> Path | None:
+    """The monorepo checkout this package runs from (``<root>/shared/src/musiccore``, editable install), else None
+    (musiccore installed as a plain package)."""
+    root = Path(__file__).resolve().parents[3]  # runs.py -> musiccore -> src -> shared -> <root>
+    if (root / "shared" / "src" / "musiccore").is_dir() and (root / "Makefile").is_file():
+        return root
+    return None
+
+
 def data_dir() -> Path:
-    """Root of the offline data kit (``MUSIC_DATA_DIR``, default ``<cache>/datakit``)."""
-    return Path(os.environ.get("MUSIC_DATA_DIR", cache_dir() / "datakit")).expanduser()
+    """Root of the offline data kit: ``MUSIC_DATA_DIR`` when set; else ``<checkout>/data/kit`` when musiccore runs
+    from a checkout of the monorepo (where ``make data`` builds it, so a direct ``yue prepare`` or ``python -m
+    musiccore.data build`` in a plain shell uses the same kit); else ``<cache>/datakit``."""
+    env = os.environ.get("MUSIC_DATA_DIR", "").strip()
+    if env:
+        return Path(env).expanduser()
+    root = checkout_root()
+    return root / "data" / "kit" if root is not None else cache_dir() / "datakit"
 
 
 @contextlib.contextmanager

@@ -4,6 +4,9 @@ A song is a :class:`Song`: three 16 kHz mono stems ``[N]`` (vocal, accompaniment
 times, and tags. :func:`load_songs` reads ``musiccore.data.load_manifest("songs")``; when the kit is not built (or
 the package is missing) and ``allow_synth=True``, it logs a warning and returns :func:`synth_song` songs: a sung-like
 harmonic voice with vibrato over a bass/chord/percussion accompaniment, with made-up lyrics.
+
+:func:`song_refs` gives the same songs as :class:`SongRef` rows whose audio is read only by :meth:`SongRef.load`
+(``yue prepare`` walks them one at a time, so 300 songs never sit in memory together).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Song", "load_songs", "synth_song", "SongLoadError"]
+__all__ = ["Song", "SongRef", "load_songs", "song_refs", "synth_song", "SongLoadError"]
 
 SAMPLE_RATE = 16000
 
@@ -44,26 +47,88 @@ class Song:
         return self.mix.shape[-1] / SAMPLE_RATE
 
 
-def _load_row(row: dict, root) -> Song:
+STEMS = ("vocal", "accompaniment", "mix")
+
+
+def _load_row(row: dict, root, trim: bool = True) -> Song:
+    """Read one manifest row's stems. ``trim``: cut the stems to their common length (``yue prepare`` passes False
+    and checks the lengths itself, see :func:`yue.prepare.prepare_song`).
+
+    Raises:
+        SongLoadError: a stem path missing from the row, a missing file or undecodable audio (names song and stem).
+    """
     from musiccore.audio import AudioError, load_audio
     from musiccore.data import resolve
 
+    sid = row.get("id")
     stems = {}
-    for key in ("vocal", "accompaniment", "mix"):
+    for key in STEMS:
+        if not row.get(key):
+            raise SongLoadError(f"song {sid}: missing stem: the manifest row has no {key!r} path")
         path = resolve(row[key], root)
+        if not Path(path).is_file():
+            raise SongLoadError(f"song {sid}: missing stem: {key} file {path} does not exist")
         try:
             wav, _ = load_audio(path, sample_rate=SAMPLE_RATE, mono=True)
-        except AudioError as e:
-            raise SongLoadError(f"song {row.get('id')}: {key}: {e}") from e
+        except (AudioError, OSError, RuntimeError) as e:  # soundfile raises RuntimeError subclasses on corrupt data
+            raise SongLoadError(f"song {sid}: corrupt audio: {key} ({path}): {e}") from e
         stems[key] = wav[0]
-    n = min(len(v) for v in stems.values())  # stems are rendered separately; trim to the common length
+    if trim:
+        n = min(len(v) for v in stems.values())  # stems are rendered separately; trim to the common length
+        stems = {k: v[:n] for k, v in stems.items()}
     tags = row.get("tags", "")
     if isinstance(tags, (list, tuple)):
-        tags = " ".join(tags)
+        tags = " ".join(map(str, tags))
     return Song(
-        str(row["id"]), stems["vocal"][:n], stems["accompaniment"][:n], stems["mix"][:n], row.get("lyrics", ""),
-        list(row.get("sections", [])), str(tags), row.get("split", "train"),
+        str(sid), stems["vocal"], stems["accompaniment"], stems["mix"], row.get("lyrics", ""),
+        list(row.get("sections") or []), str(tags), row.get("split", "train"),
     )  # fmt: skip
+
+
+@dataclass
+class SongRef:
+    """A data-kit song whose audio is not read yet: the manifest ``row`` (``id``, ``split``, ``tags``, ``lyrics``,
+    ``sections``, stem paths relative to ``root``). :meth:`load` reads the stems."""
+
+    row: dict
+    root: str | Path | None = None
+
+    @property
+    def id(self) -> str:
+        return str(self.row.get("id"))
+
+    @property
+    def split(self) -> str:
+        return str(self.row.get("split", "train"))
+
+    @property
+    def lyrics(self) -> str:
+        return str(self.row.get("lyrics", ""))
+
+    @property
+    def tags(self) -> str:
+        t = self.row.get("tags", "")
+        return " ".join(map(str, t)) if isinstance(t, (list, tuple)) else str(t)
+
+    def load(self, trim: bool = False) -> Song:
+        """The :class:`Song` with its stems ``[N]`` (not trimmed unless ``trim``). Raises :class:`SongLoadError`."""
+        return _load_row(self.row, self.root, trim=trim)
+
+
+def song_refs(split: str | None = None, root: str | Path | None = None, limit: int | None = None) -> list[SongRef]:
+    """The data kit's songs (``split`` None = all, the first ``limit``) as :class:`SongRef` (no audio read).
+
+    Raises:
+        SongLoadError: the kit has no songs manifest (names the folder and how to build it).
+    """
+    from musiccore.data import DataKitError, load_manifest
+    from musiccore.data.manifest import kit_root
+
+    try:
+        rows = load_manifest("songs", split=split, root=root)
+    except DataKitError as e:
+        raise SongLoadError(f"no data-kit songs under {kit_root(root)} ({e}); build them with `make data`") from e
+    return [SongRef(r, root) for r in rows[: limit or None]]
 
 
 def load_songs(
@@ -74,21 +139,19 @@ def load_songs(
 
     Bad rows (missing/corrupt stems) are skipped with a warning naming them.
     """
-    rows: list[dict] = []
+    refs: list[SongRef] = []
     try:
-        from musiccore.data import load_manifest
-
-        rows = load_manifest("songs", split=split, root=root)
+        refs = song_refs(split, root, limit)
     except ImportError:
         log.warning("musiccore.data is not available")
-    except Exception as e:  # DataKitError: kit not built
+    except SongLoadError as e:  # kit not built
         log.warning("data kit songs not available (%s)", e)
     songs = []
-    for row in rows[: limit or None]:
+    for ref in refs:
         try:
-            songs.append(_load_row(row, root))
-        except (SongLoadError, KeyError) as e:
-            log.warning("skipping song %s: %s", row.get("id"), e)
+            songs.append(ref.load(trim=True))
+        except SongLoadError as e:
+            log.warning("skipping song %s: %s", ref.id, e)
     if songs:
         return songs
     if not allow_synth:

@@ -29,10 +29,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m musiccore.data", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build", help="build or update the kit (resumable; re-running does no work)")
-    b.add_argument("--root", default=None, help="kit folder (default: $MUSIC_DATA_DIR or ~/.cache/musiccore/datakit)")
+    b.add_argument("--root", default=None, help="kit folder (default: $MUSIC_DATA_DIR, else the checkout's data/kit, "
+                   "else ~/.cache/musiccore/datakit)")
     b.add_argument("--tunes", type=int, default=DEFAULTS["tunes"], help="number of ABC tunes (0 skips)")
     b.add_argument("--clips", type=int, default=DEFAULTS["clips"], help="number of rendered clips (0 skips)")
-    b.add_argument("--songs", type=int, default=DEFAULTS["songs"], help="number of sung songs (0 skips)")
+    b.add_argument("--songs", type=int, default=None,
+                   help=f"number of sung songs (0 skips; default: as many as the kit has, {DEFAULTS['songs']} for a "
+                   "new kit; beyond the 348 sources, derived renderings, see musiccore.data.songs)")
     b.add_argument("--seed", type=int, default=DEFAULTS["seed"])
     b.add_argument("--clip-seconds", type=float, default=DEFAULTS["clip_seconds"])
     b.add_argument("--sample-rate", type=int, default=DEFAULTS["sample_rate"], help="clip sample rate (mono)")

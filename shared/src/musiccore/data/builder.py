@@ -440,7 +440,7 @@ def build(
     *,
     tunes: int = DEFAULTS["tunes"],
     clips: int = DEFAULTS["clips"],
-    songs: int = DEFAULTS["songs"],
+    songs: int | None = None,
     seed: int = DEFAULTS["seed"],
     clip_seconds: float = DEFAULTS["clip_seconds"],
     sample_rate: int = DEFAULTS["sample_rate"],
@@ -454,7 +454,9 @@ def build(
 
     Args:
         root: kit folder (default :func:`musiccore.runs.data_dir`, env ``MUSIC_DATA_DIR``).
-        tunes / clips / songs: how many items of each kind (0 skips the kind).
+        tunes / clips / songs: how many items of each kind (0 skips the kind). ``songs=None``: as many songs as
+            the kit already has (so a plain ``make data`` never shrinks a ``make data SONGS=300`` kit), else
+            ``DEFAULTS["songs"]``.
         seed: selects and orders candidates and draws tempi and instruments; the same seed gives the same kit.
         clip_seconds / sample_rate: clip length and rate (mono).
         essen: add the Essen folk songs (non-commercial licence) to the ABC candidates.
@@ -472,6 +474,8 @@ def build(
             raise ValueError(f"unknown kind {k!r} in only=; expected some of {', '.join(KINDS)}")
     sizes = {"tunes": tunes, "clips": clips, "songs": songs}
     for k, v in sizes.items():
+        if v is None and k == "songs":
+            continue  # resolved under the lock (a build running now may be growing the kit)
         if int(v) != v or v < 0:
             raise ValueError(f"{k}: the number of items must be a non-negative integer, got {v!r}")
     if clip_seconds <= 0 or sample_rate <= 0:
@@ -482,6 +486,9 @@ def build(
     cpu_start = _cpu_seconds()
     with FileLock(root / ".build.lock"):
         kit = _load_json(root / "kit.json")
+        if songs is None:
+            songs = int(kit.get("parts", {}).get("songs", {}).get("params", {}).get("n", DEFAULTS["songs"]))
+            sizes["songs"] = songs
         prev_report = _load_json(root / "report.json")
         report: dict[str, Any] = {"root": str(root), "seed": seed, "workers": workers, "kinds": {}, "bad": [],
                                   "seconds": {}}

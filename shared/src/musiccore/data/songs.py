@@ -29,7 +29,16 @@ A *song* is built from a score with lyrics:
 Sources (:func:`select_song_sources`, English first): Festival's example songs (daisy, lochlomond, america =
 america1 sung over america2-4, doremi; never the copyrighted spice*), the English music21 songs (Lift Every Voice and
 Sing verses 1-3, A Prayer of a Tired Child, Aloha Oe in English, Alexander's Ragtime Band), then Bach chorales with
-German lyrics (music21 corpus, order shuffled by the seed; Festival's English voice mispronounces German).
+German lyrics (music21 corpus, order shuffled by the seed; Festival's English voice mispronounces German). That is
+348 distinct sources (10 English + 338 chorale files with lyrics; two of the files, ``bwv18.5-lz``/``-w``, are
+versions of one chorale, and some chorales share a hymn tune with other words and harmony).
+
+Renderings (more songs than sources, documented as derived): when more songs are asked for than there are sources,
+the list continues with *renderings* ``<id>-r<k>`` (k = 1..``MAX_RENDERINGS``) of every source in the same order:
+the same score and words, transposed by ``transpose`` semitones (drawn by the seed from +-1..4) and, since tempo and
+instruments are drawn from the song id, at another tempo with another accompaniment ensemble. A rendering keeps the
+``source_id`` of its source, so all renderings of a piece share its split; its row adds ``rendering`` and
+``transpose``.
 
 Excerpt and tempo (documented rule): the tempo is drawn by the seed from the source's range. The song starts at
 most one bar before the first sung word, and ends at the last phrase end that keeps it within ``max_seconds``
@@ -78,7 +87,7 @@ import subprocess
 import tempfile
 import unicodedata
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -130,6 +139,8 @@ class SongSpec:
     tempo_range: tuple[float, float] = (60.0, 84.0)  # quarter notes per minute
     min_seconds: float = 20.0
     max_seconds: float = 60.0
+    rendering: int = 0  # 0: the source as is; k >= 1: a derived rendering (see the module docstring)
+    transpose: int = 0  # semitones applied to melody, accompaniment and chords (renderings only)
 
 
 # ------------------------------------------------------------------------------------------------ sources
@@ -234,10 +245,26 @@ def chorale_spec(corpus_name: str) -> SongSpec:
                     genres=("classical", "Choral"), vocal_parts=("Soprano",), tempo_range=(60.0, 84.0))
 
 
+#: derived renderings per source at most (so at most 4 x 348 = 1392 song candidates)
+MAX_RENDERINGS = 3
+_TRANSPOSE_CHOICES = (-4, -3, -2, -1, 1, 2, 3, 4)
+
+
+def rendering_spec(spec: SongSpec, k: int, seed: int) -> SongSpec:
+    """The ``k``-th derived rendering of ``spec`` (``k >= 1``): id ``<id>-r<k>``, same ``source_id`` (same split),
+    transposed by a seed-drawn number of semitones; tempo and instruments follow from the new id."""
+    if k < 1:
+        raise ValueError(f"rendering index must be >= 1, got {k}")
+    rid = f"{spec.id}-r{k}"
+    t = int(_rng(seed, "transpose", rid).choice(_TRANSPOSE_CHOICES))
+    return replace(spec, id=rid, rendering=k, transpose=t)
+
+
 def select_song_sources(n: int, seed: int) -> list[SongSpec]:
     """The first ``n`` song sources, deterministic in (n, seed): English sources first, in fixed order, then Bach
     chorales with lyrics in an order shuffled by ``seed`` (the first chorale of the valid split and the first of the
-    test split moved to the front, so that 20 songs cover every split). Fewer than ``n`` when the corpus runs out."""
+    test split moved to the front, so that 20 songs cover every split), then derived renderings of all of them
+    (:func:`rendering_spec`, round k = 1..``MAX_RENDERINGS``, same order). Fewer than ``n`` when all run out."""
     if n <= 0:
         return []
     specs = english_sources()
@@ -253,6 +280,11 @@ def select_song_sources(n: int, seed: int) -> list[SongSpec]:
             if k is not None:
                 firsts.append(chorales[k])
         specs += firsts + [c for c in chorales if c not in firsts]
+    base = list(specs)
+    k = 1
+    while len(specs) < n and k <= MAX_RENDERINGS:
+        specs += [rendering_spec(s, k, seed) for s in base]
+        k += 1
     return specs[:n]
 
 
@@ -1061,6 +1093,21 @@ def _section_rows(words: list[_Word], tempo: float) -> tuple[list[dict], str]:
     return rows, "\n\n".join(blocks) + "\n"
 
 
+def _transpose(piece: _Piece, semitones: int) -> None:
+    """Move every note (melody and accompaniment), chord and the key of ``piece`` by ``semitones`` (in place)."""
+    for w in piece.words:
+        for s in w.syllables:
+            for n in s:
+                n.midi += semitones
+    for part in piece.parts:
+        for n in part:
+            n.midi += semitones
+    piece.chords = [(on, off, (root + semitones) % 12, [(p + semitones) % 12 for p in pcs])
+                    for on, off, root, pcs in piece.chords]
+    if piece.key is not None:
+        piece.key = ((piece.key[0] + semitones) % 12, piece.key[1])
+
+
 def build_song(spec: SongSpec, out_dir: Path, seed: int) -> dict:
     """Build one song into ``out_dir/<spec.id>/`` and return its manifest row (see the module docstring).
 
@@ -1071,6 +1118,8 @@ def build_song(spec: SongSpec, out_dir: Path, seed: int) -> dict:
     _festival_bin()
     out_dir = Path(out_dir).resolve()
     piece = _load_piece(spec)
+    if spec.transpose:
+        _transpose(piece, spec.transpose)
     if not piece.words:
         raise SongError(f"{where}: no lyrics (no sung words)")
     sung_words = [(w, _sanitize(w.text)) for w in piece.words]
@@ -1193,7 +1242,8 @@ def build_song(spec: SongSpec, out_dir: Path, seed: int) -> dict:
     from .manifest import split_of
 
     rel_dir = f"{out_dir.name}/{spec.id}"
-    return {
+    derived = {"rendering": spec.rendering, "transpose": spec.transpose} if spec.rendering else {}
+    return derived | {
         "id": spec.id,
         "source": spec.source,
         "source_id": spec.source_id,
@@ -1222,6 +1272,6 @@ def build_song(spec: SongSpec, out_dir: Path, seed: int) -> dict:
     }
 
 
-__all__ = ["SONGS_VERSION", "SAMPLE_RATE", "MissingToolError", "SongError", "SongSpec", "build_song",
-           "chorale_spec", "english_sources", "festival_bpm", "festival_note_name", "select_song_sources",
-           "write_midi"]
+__all__ = ["MAX_RENDERINGS", "SONGS_VERSION", "SAMPLE_RATE", "MissingToolError", "SongError", "SongSpec", "build_song",
+           "chorale_spec", "english_sources", "festival_bpm", "festival_note_name", "rendering_spec",
+           "select_song_sources", "write_midi"]

@@ -44,7 +44,7 @@ class DataSection:
     """Songs of the data kit, cut into random crops.
 
     Attributes:
-        root: data-kit root (None: ``$MUSIC_DATA_DIR``).
+        root: data-kit root (None: ``musiccore.runs.data_dir()``, i.e. ``$MUSIC_DATA_DIR`` or the checkout's data/kit).
         split: manifest split used for training.
         stems: which stems to train on (mix, vocal, accompaniment).
         segment_s: crop length in seconds (rounded down to whole frames).
@@ -275,12 +275,17 @@ def train_codec(cfg: CodecTrainConfig, fresh: bool = False) -> Path:
 
 @torch.no_grad()
 def evaluate_codec(codec, wav: np.ndarray, target_bw: float | None = None) -> dict:
-    """Encode -> decode one 16 kHz clip ``[N]``; returns codes shape and SNR / log-spectral distance."""
+    """Encode -> decode one 16 kHz clip ``[N]``; returns codes shape and SNR / log-spectral distance.
+
+    The decode has ``T * 320`` samples (upstream framing: up to 79 samples fewer than ``N`` when ``N mod 320 < 80``);
+    the metrics and ``recon`` cover the first ``min(N, T * 320)`` samples.
+    """
     from yue.codec.losses import log_spectral_distance, snr_db
 
     x = torch.from_numpy(np.asarray(wav, dtype=np.float32))
     codes = codec.encode(x, target_bw)
     y = codec.decode(codes)[0, 0, : x.shape[-1]]
+    x = x[: y.shape[-1]]
     return {
         "codes_shape": list(codes.shape[1:]),
         "snr_db": snr_db(x, y),

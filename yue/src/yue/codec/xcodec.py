@@ -7,9 +7,17 @@ what YuE needs around it:
 
 - input normalisation: any rate / channel count -> mono 16 kHz (channels averaged, soxr resampling), checks for empty,
   non-finite and silent input (:class:`CodecInputError`);
-- right-padding to a multiple of the hop (320), so a clip of ``N`` samples always gives ``T = ceil(N / 320)`` frames
-  (upstream re-runs the acoustic encoder on a 160-padded wave when the two branches disagree; after hop padding they
-  never do);
+- upstream's framing for every input length (no padding of our own): the clip goes to ``XcodecModel.encode`` as it
+  is, so the codes equal upstream's. HuBERT sees the clip padded by 160 samples per side and gives
+  ``floor((N - 80) / 320) + 1`` frames; when the acoustic (DAC) encoder's frame count on the bare clip differs, it is
+  re-run on the 160-padded clip (as upstream does). So a clip of ``N = 320 q + r`` samples gives
+
+      T = floor((N + 240) / 320)   =  q      for r in 0..79     (acoustic branch on the bare clip)
+                                   =  q + 1  for r in 80..311   (acoustic branch on the 160-padded clip)
+                                   =  q + 1  for r in 312..319  (acoustic branch on the bare clip)
+
+  frames, and clips shorter than 80 samples give none (:class:`CodecInputError`). The frame count is computed from
+  the networks' convolutions (:meth:`XCodec.num_frames`), so it holds for every preset with this hop;
 - ``target_bw`` -> number of codebooks (0.5 kbps = codebook 0 only, 4 kbps = 8 codebooks, 6 kbps = all 12);
 - :meth:`XCodec.get_embed` (the quantizer sum that the Vocos upsamplers consume);
 - chunked encoding of long audio with context on both sides of each chunk (:meth:`XCodec.encode_long`);
@@ -23,7 +31,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import os
 from pathlib import Path
 
@@ -113,8 +120,30 @@ class XCodec(nn.Module):
         return self.cfg.n_q
 
     def num_frames(self, num_samples: int) -> int:
-        """Frames produced for ``num_samples`` samples: ``ceil(N / hop)``."""
-        return math.ceil(num_samples / self.hop_length)
+        """Frames that :meth:`encode` gives for a clip of ``num_samples`` samples (0: too short to encode).
+
+        Computed as ``XcodecModel.encode`` frames it: the semantic branch (HuBERT feature extractor on the clip
+        padded by ``hop/2`` per side, then the semantic encoder) sets the count; the acoustic branch must match it
+        on the bare clip or on the ``hop/2``-padded one. With hop 320 (every preset) this is
+        ``floor((N + 240) / 320)`` for ``N >= 80`` (see the module docstring), not ``ceil(N / 320)``.
+
+        Raises:
+            CodecInputError: neither acoustic framing matches the semantic one (a config whose branches disagree).
+        """
+        n = int(num_samples)
+        pad = self.model.pad
+        sem_model = self.model.semantic_model
+        try:
+            s = int(sem_model._get_feat_extract_output_lengths(torch.tensor(n + 2 * pad)))
+        except RuntimeError:
+            s = 0
+        if s <= 0:
+            return 0
+        s = int(self.model._get_conv1d_output_lengths(s, self.model.encoder_semantic))
+        for m in (n, n + 2 * pad):  # upstream: bare clip first, the hop/2-padded clip when the counts differ
+            if int(self.model._get_conv1d_output_lengths(m, self.model.acoustic_encoder)) == s:
+                return s
+        raise CodecInputError(f"acoustic and semantic branches give different frame counts for {n} samples")
 
     def _check_bw(self, target_bw: float | None) -> float:
         bw = self.cfg.target_bandwidths[-1] if target_bw is None else float(target_bw)
@@ -137,17 +166,22 @@ class XCodec(nn.Module):
 
     @torch.no_grad()
     def encode(self, wav, target_bw: float | None = None) -> torch.Tensor:
-        """Waveform ``[B, 1, N]`` (or ``[N]``) at 16 kHz -> codes ``[B, K, ceil(N/320)]``.
+        """Waveform ``[B, 1, N]`` (or ``[N]``) at 16 kHz -> codes ``[B, K, T]``, ``T = floor((N + 240) / 320)``.
 
+        The clip is encoded exactly as upstream encodes it (no padding of ours; see :meth:`num_frames`).
         ``target_bw`` (kbps) picks the codebooks: 0.5 -> 1, 1 -> 2, ..., 4 -> 8, 6 -> 12 (default: all).
+
+        Raises:
+            CodecInputError: a clip shorter than 80 samples (no frame), a bad shape, an unknown bandwidth.
         """
         bw = self._check_bw(target_bw)
         x = self._as_batch(wav)
         n = x.shape[-1]
         t = self.num_frames(n)
-        x = nn.functional.pad(x, (0, t * self.hop_length - n))  # hop-aligned: both branches give exactly t frames
+        if t < 1:
+            raise CodecInputError(f"{n} samples is too short to encode (at least 80 samples = 5 ms give one frame)")
         codes = self.model.encode(x, bandwidth=bw, return_dict=False)
-        if codes.shape[-1] != t:  # cannot happen with hop-aligned input; guard against config mistakes
+        if codes.shape[-1] != t:  # num_frames mirrors XcodecModel.encode; a mismatch means a config mistake
             raise CodecInputError(f"codec produced {codes.shape[-1]} frames for {n} samples, expected {t}")
         return codes
 
@@ -155,12 +189,15 @@ class XCodec(nn.Module):
     def encode_long(
         self, wav, target_bw: float | None = None, chunk_s: float = 30.0, context_s: float = 2.0
     ) -> torch.Tensor:
-        """Encode one long clip ``[N]`` in chunks -> codes ``[K, ceil(N/320)]``.
+        """Encode one long clip ``[N]`` in chunks -> codes ``[K, T]`` with the ``T`` of a one-shot :meth:`encode`.
 
-        Each chunk of ``chunk_s`` seconds is encoded with ``context_s`` seconds of real audio on both sides (the
-        HuBERT teacher and the convolutions see past the chunk edge); only the chunk's own frames are kept. Chunk
-        edges sit on frame boundaries, so the result has exactly the frames of a one-shot encode. With
-        ``chunk_s >= duration`` this equals :meth:`encode`.
+        Each chunk of ``chunk_s`` seconds is encoded with up to ``context_s`` seconds of real audio on both sides
+        (the HuBERT teacher and the convolutions see past the chunk edge); only the chunk's own frames are kept.
+        Every window starts on a frame boundary (a multiple of 320 samples) and has the same length modulo 320 as
+        the whole clip (it ends ``N mod 320`` samples after a frame boundary), so each window takes the same
+        framing branch as the one-shot encode (bare or 160-padded acoustic input, see :meth:`num_frames`) and its
+        frame ``j`` is frame ``start + j`` of the clip: chunking never changes the frame count or the alignment.
+        With ``chunk_s >= duration`` this equals :meth:`encode`.
         """
         x = self._as_batch(wav)
         if x.shape[0] != 1:
@@ -172,13 +209,17 @@ class XCodec(nn.Module):
         ctx_f = max(0, int(round(context_s * self.cfg.frame_rate)))
         if chunk_f >= t_total:
             return self.encode(x, target_bw)[0]
-        x = nn.functional.pad(x, (0, t_total * hop - n))
+        q, r = divmod(n, hop)
         pieces = []
         for f0 in range(0, t_total, chunk_f):  # frame-aligned chunks, each with context frames either side
             f1 = min(t_total, f0 + chunk_f)
-            a, b = max(0, f0 - ctx_f), min(t_total, f1 + ctx_f)
-            codes = self.encode(x[..., a * hop : b * hop], target_bw)[0]
-            pieces.append(codes[:, f0 - a : f0 - a + (f1 - f0)])
+            # window [a*hop, e*hop + r): starts on a frame boundary, same residue r as the clip, ends inside it
+            a, e = max(0, f0 - ctx_f), min(q, f1 + ctx_f)
+            codes = self.encode(x[..., a * hop : e * hop + r], target_bw)[0]
+            piece = codes[:, f0 - a : f1 - a]
+            if piece.shape[-1] != f1 - f0:  # cannot happen by the rule above; never return misaligned codes
+                raise CodecInputError(f"chunk [{f0}, {f1}) of {t_total} frames got {piece.shape[-1]} frames")
+            pieces.append(piece)
         return torch.cat(pieces, dim=-1)
 
     def check_codes(self, codes: torch.Tensor) -> torch.Tensor:
