@@ -22,3 +22,17 @@ def test_train_tokens_benchmark_runs(capsys):
         assert f"pack-varlen / {base} = " in out
     # padded batches hold padding, the released micro batch 1 holds none
     assert "released       attn=sdpa" in out and "(0% of positions are padding)" in out.split("released")[1].splitlines()[0]
+
+
+def test_eval_speed_benchmark_runs(corpus_dir, capsys):
+    """benchmarks/eval_speed.py: both modes score the same questions, answers asserted identical, ratio printed."""
+    from conftest import SMALL
+
+    spec = importlib.util.spec_from_file_location("eval_speed", PROJECT / "benchmarks" / "eval_speed.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    res = bench.main(["--questions", "8", "--batch", "4", "--hidden", "32", "--layers", "1",
+                      f"data.out_dir={corpus_dir / 'data'}", *SMALL])
+    out = capsys.readouterr().out
+    assert res["n"] == 8 and res["one"] > 0 and res["batched"] > 0 and res["max_diff"] < 1e-4
+    assert "batched / one at a time = " in out and "identical answers for all 8 questions" in out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from chatmusician.mtb import HINT, evaluate_mtb, item_input, load_mtb, mean_losses, prompts_for
@@ -52,3 +53,111 @@ def test_ppl_prediction_is_argmin(tmp_path, tok_dir):
     assert res["reasoning_zero_shot"] == {"n": 4, "accuracy": 0.25}
     assert res["knowledge_zero_shot"]["n"] == 0
     assert best in "ABCD"
+
+
+# ------------------------------------------------------------------------------------------------ batched scoring,
+# released layout checks, gen/CoT modes, the built-in theory set
+
+
+def _tiny_model(tok):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    return LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                        num_key_value_heads=2, intermediate_size=64)).eval()
+
+
+def _rows(n: int) -> list[dict]:
+    return [{**ROW, "id": i, "split": "test", "answer": "ABCD"[i % 4], "subject": ("knowledge", "reasoning")[i % 2],
+             "stem": f"Question {i}: " + "which one? " * (i % 5), "abc_score": "" if i % 3 else ROW["abc_score"]}
+            for i in range(n)]
+
+
+def test_batched_shared_prefix_scoring_equals_one_at_a_time(tok_dir):
+    """question_losses (one forward per question, several questions per forward) gives the paper's per-candidate mean
+    losses: the same numbers (float rounding) and the same answers as scoring each candidate alone."""
+    from chatmusician.mtb import question_losses
+    from chatmusician.tokenization import load_tokenizer
+
+    tok = load_tokenizer(str(tok_dir))
+    model = _tiny_model(tok)
+    cands = [prompts_for(r) for r in _rows(9)]
+    alone = [mean_losses(model, tok, c) for c in cands]
+    fast = question_losses(model, tok, cands, batch_size=4)
+    slow_batched = question_losses(model, tok, cands, batch_size=4, share_prefix=False)
+    for a, b, c in zip(alone, fast, slow_batched):
+        assert a == pytest.approx(b, abs=1e-5) and a == pytest.approx(c, abs=1e-5)
+        assert a.index(min(a)) == b.index(min(b))
+
+
+def test_missing_field_names_the_row(tmp_path):
+    from chatmusician.mtb import MTBFormatError
+
+    rows = _rows(3)
+    del rows[2]["answer"]
+    (tmp_path / "test.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    with pytest.raises(MTBFormatError, match=r"test.jsonl row 3 \(id 2\): missing field 'answer'"):
+        load_mtb(tmp_path)
+    rows = _rows(2)
+    rows[1]["options"] = {"A": "x", "B": "y"}
+    (tmp_path / "test.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    with pytest.raises(MTBFormatError, match="row 2 .*'options'"):
+        load_mtb(tmp_path)
+
+
+def test_cli_bad_benchmark_is_one_line(tmp_path, capsys):
+    from chatmusician.cli import main
+
+    (tmp_path / "mtb").mkdir()
+    (tmp_path / "mtb" / "test.jsonl").write_text(json.dumps({"id": 1, "stem": "q", "options": ROW["options"]}) + "\n")
+    assert main(["eval", "--model", str(tmp_path / "nomodel"), "--mtb", str(tmp_path / "mtb")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "row 1 (id 1): missing field 'subject'" in err[0]
+
+
+def test_counts_missing_split_modes_and_predictions(tmp_path, tok_dir):
+    from chatmusician.mtb import count_checks, extract_letter
+    from chatmusician.tokenization import load_tokenizer
+
+    tok = load_tokenizer(str(tok_dir))
+    model = _tiny_model(tok)
+    (tmp_path / "test.jsonl").write_text("\n".join(json.dumps(r) for r in _rows(6)) + "\n")
+    data = load_mtb(tmp_path)
+    checks = count_checks(data)
+    assert "dev: 0 items, the released set has 5" in checks and "test: 6 items, the released set has 367" in checks
+    few = evaluate_mtb(model, tok, data, few_shot=True)
+    assert "needs the dev split" in few["skipped"] and "knowledge_few_shot" not in few
+    pred = tmp_path / "pred.jsonl"
+    res = evaluate_mtb(model, tok, data, predictions=pred, batch_size=4)
+    assert res["knowledge_zero_shot"]["n"] == 3 and res["reasoning_zero_shot"]["n"] == 3
+    rows = [json.loads(x) for x in pred.read_text().splitlines()]
+    assert [r["id"] for r in rows] == list(range(6)) and all(len(r["losses"]) == 4 for r in rows)
+    assert res["all_zero_shot"]["accuracy"] == sum(r["correct"] for r in rows) / 6
+    for mode in ("gen", "cot"):
+        r = evaluate_mtb(model, tok, data, mode=mode, max_new_tokens=4, predictions=pred)
+        assert r[f"all_zero_shot_{mode}"]["n"] == 6
+        assert all("reply" in json.loads(x) for x in pred.read_text().splitlines())
+    assert extract_letter("I think B. Answer: C") == "C" and extract_letter("the answer is (D)") == "D"
+    assert extract_letter("B is right") == "B" and extract_letter("none") is None
+
+
+def test_theory_set_ground_truth(corpus_dir, tmp_path):
+    """The built-in set: MTB layout, every topic, answers that match the tune headers / music21's analysis."""
+    from music21 import chord, converter
+
+    from conftest import tiny_config
+    from chatmusician.evaluate import corpus_tunes
+    from chatmusician.theory import TOPICS, build_theory_set, write_theory_set
+
+    tunes = corpus_tunes(tiny_config(corpus_dir))
+    data = load_mtb(write_theory_set(build_theory_set(tunes, per_topic=4), tmp_path / "theory"))
+    assert {r["topic"] for r in data["dev"]} == set(TOPICS) and len(data["dev"]) == 5
+    by_id = {t["id"]: t for t in tunes}
+    for r in data["test"]:
+        right = r["options"][r["answer"]]
+        if r["topic"] == "meter":
+            assert f"M:{right}\n" in by_id[r["source"]]["abc"]
+        if r["topic"] == "chord":
+            c = chord.Chord(list(converter.parse(r["abc_score"], format="abc").recurse().notes)[0].pitches)
+            assert right.split()[0] in c.commonName.lower() or (right.startswith("dominant") and c.isDominantSeventh())
+        assert sorted(r["options"]) == list("ABCD") and len(set(r["options"].values())) == 4

@@ -38,7 +38,8 @@ def test_train_smoke_and_chat(cfg_on_corpus, tmp_path, capsys):
     assert all(r["loss"] == r["loss"] and r["loss"] > 0 for r in rows if "loss" in r)
     assert "step 3/3" in (run / "logs" / "train.log.rank0").read_text()
     # chat on the trained folder: the reply is printed after the template
-    assert main(["chat", "--model", str(run / "final"), "--max-new-tokens", "8", "Key: G major"]) == 0
+    assert main(["chat", "--model", str(run / "final"), "--max-new-tokens", "8", "--out", str(tmp_path / "chat"),
+                 "--no-audio", "Key: G major"]) == 0
     out = capsys.readouterr().out
     assert "Human: Key: G major\nAssistant: " in out
     # eval over 3 metadata prompts, per-prompt rows written

@@ -8,6 +8,7 @@ declare -A NEED=(
   [fluidsynth]=fluidsynth
   [abc2midi]=abcmidi
   [midi2abc]=abcmidi
+  [abcm2ps]=abcm2ps
   [text2wave]="festival festvox-kallpc16k"
   [sox]=sox
 )

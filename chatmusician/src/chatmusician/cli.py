@@ -3,7 +3,7 @@
     chatmusician data   --config configs/tiny.yaml [k=v ...]     build corpora (+ tokenizer for scratch models)
     chatmusician train  --config configs/tiny.yaml [k=v ...]     train (also under torchrun / Slurm)
     chatmusician export --adapter RUN/final --out DIR           merge a LoRA adapter into a full checkpoint
-    chatmusician chat   --model DIR "Create a jig in G major"    one reply per prompt (stdin when no prompt)
+    chatmusician chat   --model DIR ["prompt"] [--batch in.jsonl] chat; tunes extracted, validated, rendered
     chatmusician eval   --config C --model DIR                 parse rate / key / meter adherence of generated tunes
     chatmusician demo                                          tiny model: build data, train, generate, report
 """
@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
+
+log = logging.getLogger("chatmusician")
 
 SUBCOMMANDS = "data train chat eval export demo".split()
 
@@ -28,11 +31,29 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="{" + ",".join(SUBCOMMANDS) + "}")
     _add_config(sub.add_parser("data", help="build pretraining/SFT corpora (jsonl + arrow) and report rejected rows"))
     _add_config(sub.add_parser("train", help="continual pretraining or SFT (LoRA or full; DeepSpeed optional)"))
-    p = sub.add_parser("chat", help="generate replies with the released template")
+    p = sub.add_parser("chat", help="chat with the released template; every reply's ABC extracted, checked, rendered")
     p.add_argument("--model", required=True, help="local model folder (full checkpoint or LoRA adapter)")
+    p.add_argument("--adapter", default=None, help="LoRA adapter folder applied on top of --model")
+    p.add_argument("--config", default=None, help="YAML whose generate: section sets the sampling defaults "
+                   "(default: the model folder's chatmusician.json, else the released defaults)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16 | float16")
+    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-new-tokens", type=int, default=None)
     p.add_argument("--temperature", type=float, default=None)
-    p.add_argument("prompts", nargs="*", help="user messages (read from stdin, one per line, when none)")
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--repetition-penalty", type=float, default=None)
+    p.add_argument("--constrained", action="store_true",
+                   help="constrained decoding: well-formed ABC, every bar exactly M:/L:, Key/Meter/Note Length/Bars "
+                        "of the prompt forced into the header")
+    p.add_argument("--out", default=None, help="folder for replies and rendered tunes "
+                   "(default <MUSIC_RUNS_DIR>/chatmusician/chat)")
+    p.add_argument("--no-render", action="store_true", help="extract and validate only (no files but the jsonl)")
+    p.add_argument("--no-audio", action="store_true", help="skip the .wav (fluidsynth)")
+    p.add_argument("--batch", default=None, help="jsonl of records {prompt, id?, history?}; replies to <out>/replies.jsonl")
+    p.add_argument("prompt", nargs="?", help="one prompt (several lines allowed); none: stdin as one prompt when "
+                   "piped, an interactive multi-turn session on a terminal")
     p = sub.add_parser("eval", help="parse rate and key/meter adherence over metadata prompts")
     _add_config(p)
     p.add_argument("--model", required=True, help="local model folder (full checkpoint or LoRA adapter)")
@@ -41,6 +62,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="jsonl with every prompt, reply and score")
     p.add_argument("--mtb", default=None, help="local MusicTheoryBench folder: score it by the PPL protocol instead")
     p.add_argument("--few-shot", action="store_true", help="MusicTheoryBench: 5 dev exemplars (default zero-shot)")
+    p.add_argument("--theory", action="store_true", help="score the built-in theory set generated from the corpus "
+                   "(key, meter, interval, chord quality, Roman numeral; written to <data.out_dir>/theory) instead")
+    p.add_argument("--mtb-mode", default="ppl", choices=["ppl", "gen", "cot"],
+                   help="ppl: the paper's perplexity ranking; gen: greedy answer, letter extracted; cot: step by step")
+    p.add_argument("--batch-size", type=int, default=8, help="sequences scored per forward (MusicTheoryBench)")
+    p.add_argument("--predictions", default=None, help="MusicTheoryBench: per-item predictions (jsonl)")
+    p.add_argument("--constrained", action="store_true", help="generation eval with constrained decoding")
+    p.add_argument("--bars", type=int, default=None, help="ask every prompt for this many bars (data.prompt_bars)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16 | float16")
     p = sub.add_parser("export", help="merge a LoRA adapter into a full HF checkpoint (safetensors)")
     p.add_argument("--adapter", required=True)
     p.add_argument("--out", required=True)
@@ -99,28 +130,52 @@ def main(argv: list[str] | None = None) -> int:
         out = export_merged(args.adapter, args.out, dtype=getattr(torch, args.dtype))
         print(f"merged checkpoint written to {out}")
     elif args.command == "chat":
-        from .config import GenerateConfig
-        from .generate import generate, load_model
+        from .chat import ContextError, PromptError
+        from .chat_cli import run_chat
 
-        model, tok = load_model(args.model)
-        gen = GenerateConfig()
-        if args.temperature is not None:
-            gen.temperature = args.temperature
-        prompts = args.prompts or [ln.strip() for ln in sys.stdin if ln.strip()]
-        for p, r in zip(prompts, generate(model, tok, prompts, gen, max_new_tokens=args.max_new_tokens)):
-            print(f"Human: {p}\nAssistant: {r}\n")
+        try:
+            return run_chat(args)
+        except (FileNotFoundError, PromptError, ContextError, ValueError) as e:
+            print(f"chatmusician chat: error: {e}", file=sys.stderr)  # one line, no traceback
+            return 2
     elif args.command == "eval":
         from .evaluate import evaluate_generation
-        from .generate import load_model
+        from .generate import load_model, resolve_device, resolve_dtype
+        from .mtb import MTBFormatError
 
         cfg = _load(args)
-        model, tok = load_model(args.model)
-        if args.mtb:
-            from .mtb import evaluate_mtb, load_mtb
+        try:
+            data = None
+            if args.mtb:
+                from .mtb import load_mtb
 
-            print(json.dumps(evaluate_mtb(model, tok, load_mtb(args.mtb), few_shot=args.few_shot), indent=1))
+                data = load_mtb(args.mtb)  # bad rows fail here, before the model is loaded
+            elif args.theory:
+                from pathlib import Path
+
+                from .evaluate import corpus_tunes
+                from .mtb import load_mtb
+                from .theory import build_theory_set, write_theory_set
+
+                folder = write_theory_set(build_theory_set(corpus_tunes(cfg)), Path(cfg.data.out_dir) / "theory")
+                log.info("built-in theory set written to %s", folder)
+                data = load_mtb(folder)
+            dev = resolve_device(args.device)
+            model, tok = load_model(args.model, dtype=resolve_dtype(args.dtype, dev), device=dev)
+        except (FileNotFoundError, MTBFormatError, ValueError) as e:
+            print(f"chatmusician eval: error: {e}", file=sys.stderr)
+            return 2
+        if data is not None:
+            from .mtb import evaluate_mtb
+
+            res = evaluate_mtb(model, tok, data, few_shot=args.few_shot, mode=args.mtb_mode,
+                               batch_size=args.batch_size, predictions=args.predictions, released=bool(args.mtb))
+            for line in res["count_checks"]:
+                log.warning("MusicTheoryBench count check: %s", line)
+            print(json.dumps(res, indent=1))
             return 0
-        res = evaluate_generation(model, tok, cfg, n=args.n, max_new_tokens=args.max_new_tokens, out_path=args.out)
+        res = evaluate_generation(model, tok, cfg, n=args.n, max_new_tokens=args.max_new_tokens, out_path=args.out,
+                                  constrained=args.constrained, bars=args.bars)
         print(json.dumps(res, indent=1))
     elif args.command == "demo":
         from .demo import run_demo

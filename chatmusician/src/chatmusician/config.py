@@ -66,6 +66,7 @@ class DataConfig:
     transpose_semitones: list[int] = field(default_factory=lambda: [2, -3])
     continuation_bars: int = 4  # bars given as the prompt of the continuation task
     max_bars: int = 0  # crop every tune to its first N bars (0 = whole tune); the tiny config uses short tunes
+    prompt_bars: bool = False  # metadata prompts also say "Bars: N" (the tune's bar count; not in the released data)
     strip_annotations: bool = False  # drop fingerings/"^text"/!decorations! (chord symbols kept)
     valid_fraction: float = 0.05  # share of tunes (not samples) in the valid split
     max_src_len: int = 1536  # released source truncation

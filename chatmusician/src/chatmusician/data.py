@@ -150,7 +150,8 @@ def prepare_tunes(rows: list[dict], cfg: ChatMusicianConfig, report: Report) -> 
         h = abctools.parse_header(abc)
         meta = {"rhythm": r.get("rhythm") or h.get("R", ""), "origin": r.get("origin") or h.get("O", ""),
                 "title": r.get("title") or ""}
-        out.append({"id": str(r.get("id", len(out))), "abc": abc, "header": h, "body_key": key,
+        n_bars = abctools.validate(abc, use_music21=False, check_bars=False).n_bars
+        out.append({"id": str(r.get("id", len(out))), "abc": abc, "header": h, "body_key": key, "n_bars": n_bars,
                     "split": split_of(key, cfg.data.valid_fraction), **meta})
         report["tunes/kept"] += 1
     return out
@@ -160,11 +161,12 @@ def prepare_tunes(rows: list[dict], cfg: ChatMusicianConfig, report: Report) -> 
 # SFT task generators: each returns (instruction, input, reply) or None when the tune does not support the task
 
 
-def metadata_prompt(tune: dict) -> str:
-    """The natural-language description a metadata-conditioned prompt gives (also used by ``chatmusician eval``)."""
+def metadata_prompt(tune: dict, bars: bool = False) -> str:
+    """The natural-language description a metadata-conditioned prompt gives (also used by ``chatmusician eval``);
+    ``bars`` adds ``Bars: N`` (``data.prompt_bars``)."""
     h = tune["header"]
     lines = [f"Key: {key_text(h['K'])}" if h.get("K") else "", f"Meter: {h['M']}" if h.get("M") else "",
-             f"Note Length: {h['L']}" if h.get("L") else "",
+             f"Note Length: {h['L']}" if h.get("L") else "", f"Bars: {tune['n_bars']}" if bars and tune.get("n_bars") else "",
              f"Rhythm: {tune['rhythm']}" if tune.get("rhythm") else "", f"Origin: {tune['origin']}" if tune.get("origin") else ""]
     return "\n".join(x for x in lines if x)
 
@@ -173,7 +175,7 @@ METADATA_INSTRUCTION = "Create sheet music in ABC notation from the provided tex
 
 
 def task_metadata(tune: dict, cfg: ChatMusicianConfig):
-    return METADATA_INSTRUCTION, metadata_prompt(tune), tune["abc"]
+    return METADATA_INSTRUCTION, metadata_prompt(tune, cfg.data.prompt_bars), tune["abc"]
 
 
 def task_continuation(tune: dict, cfg: ChatMusicianConfig):

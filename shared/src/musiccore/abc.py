@@ -1353,6 +1353,9 @@ def _single(tune: str) -> str:
     return tunes[0]
 
 
+MAX_NOTE_UNITS = 256  # parse_score refuses longer notes (music21 takes minutes on lengths like 2222222)
+
+
 def parse_score(tune: str):
     """Parse one tune with music21 (``converter.parse(format='abc')``) -> ``music21.stream.Score``.
 
@@ -1368,6 +1371,9 @@ def parse_score(tune: str):
     if "L" not in h and "M" not in h:
         # music21 needs a unit length; the ABC default for a tune without M: is 1/8
         t = re.sub(r"^(X:[^\n]*)", r"\1\nL:1/8", t, count=1, flags=re.MULTILINE)
+    longest = max((tok.length for tok in tokenize_body(h.body) if tok.kind in ("note", "rest")), default=0)
+    if longest > MAX_NOTE_UNITS:  # e.g. "C2222222" from a language model: music21 would re-bar it for minutes
+        raise ABCError(f"{label}: a note lasts {longest} units of L: (more than {MAX_NOTE_UNITS}); not parsed")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

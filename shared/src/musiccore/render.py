@@ -30,6 +30,7 @@ __all__ = [
     "run_tool",
     "score_to_midi",
     "midi_to_wav",
+    "abc_to_svg",
 ]
 
 # Debian package that provides each external tool (for the install hint in errors).
@@ -40,6 +41,7 @@ TOOL_PACKAGES = {
     "fluidsynth": "fluidsynth",
     "timidity": "timidity",
     "sox": "sox",
+    "abcm2ps": "abcm2ps",
 }
 
 SOUNDFONT_CANDIDATES = (
@@ -242,3 +244,30 @@ def _wav_frames(path: Path) -> int:
         return sf.info(str(path)).frames
     except RuntimeError:
         return 0
+
+
+def abc_to_svg(tune: str, svg: str | Path, timeout: float = 60) -> Path:
+    """Engrave one ABC tune as an SVG sheet with ``abcm2ps -g`` (Debian ``abcm2ps``); returns the SVG path.
+
+    The sheet is drawn from the ABC itself (chord symbols, ornaments and repeats kept), not from MIDI. A tune that
+    needs several pages keeps the first one. Raises :class:`ToolNotFoundError` when abcm2ps is missing and
+    :class:`RenderError` when it writes no SVG (its last message in the error). Written atomically.
+    """
+    import tempfile
+
+    svg = Path(svg)
+    if not tune.strip():
+        raise RenderError(f"{svg}: empty tune")
+    require_tool("abcm2ps")
+    with tempfile.TemporaryDirectory(prefix="abcm2ps-") as td:
+        src = Path(td) / "tune.abc"
+        src.write_text(tune if tune.endswith("\n") else tune + "\n")
+        proc = run_tool(["abcm2ps", "-q", "-g", "-O", str(Path(td) / "sheet.svg"), str(src)], what=str(svg),
+                        timeout=timeout)
+        pages = sorted(Path(td).glob("sheet*.svg"))  # abcm2ps numbers the pages: sheet001.svg, ...
+        if not pages or pages[0].stat().st_size == 0:
+            why = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no SVG written"]
+            raise RenderError(f"{svg}: abcm2ps failed (exit {proc.returncode}): {why[0]}")
+        with atomic_path(svg, suffix=".svg") as tmp:
+            tmp.write_bytes(pages[0].read_bytes())
+    return svg

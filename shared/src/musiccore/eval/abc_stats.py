@@ -16,7 +16,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
-__all__ = ["AbcStats", "abc_validity_stats", "normalize_reason"]
+__all__ = ["AbcStats", "abc_validity_stats", "normalize_reason", "tune_metrics", "abc_generation_metrics"]
 
 
 @dataclass
@@ -111,3 +111,128 @@ def abc_validity_stats(
         invalid_indices=invalid,
         n_validator_crashes=crashes,
     )
+
+
+# ------------------------------------------------------------------------------------------------ generation metrics
+
+_STEP_SEMITONES = (0, 2, 4, 5, 7, 9, 11)
+_ACC_SEMITONES = {"": 0, "=": 0, "^": 1, "^^": 2, "_": -1, "__": -2}
+
+
+def _norm_key(k: str | None) -> str:
+    k = (k or "").replace(" ", "").lower()
+    for long_, short in (("major", ""), ("minor", "m"), ("maj", ""), ("min", "m"), ("aeolian", "m"), ("aeo", "m"),
+                         ("ionian", ""), ("ion", ""), ("mixolydian", "mix"), ("dorian", "dor"), ("phrygian", "phr"),
+                         ("lydian", "lyd"), ("locrian", "loc")):
+        k = k.replace(long_, short)
+    return k
+
+
+def _bars_of(body: str) -> list[str]:
+    """Bar texts of a body (whitespace removed), split at bar lines."""
+    import re
+
+    parts = re.split(r":*\|+[\]:]*|::", re.sub(r"\s+", "", body))
+    return [p for p in parts if p and re.search(r"[A-Ga-g]", p)]
+
+
+def tune_metrics(tune: str, requested: dict | None = None) -> dict:
+    """Per-tune generation metrics (JSON-able).
+
+    ``parsed`` (music21 reads notes), ``valid`` (strict :func:`musiccore.abc.validate`: every bar matches M:/L:),
+    ``bad_bars``, ``n_bars``, ``key_ok`` / ``meter_ok`` / ``bars_ok`` against ``requested`` (``{"key", "meter",
+    "bars"}``, ABC spellings; None when not asked), ``pitch_range`` (semitones between the lowest and highest written
+    note; key signature ignored), ``repeated_bar_share`` (bars equal to an earlier bar of the tune) and
+    ``has_repeat_signs``.
+    """
+    from musiccore.abc import parse_header, tokenize_body, validate
+
+    requested = requested or {}
+    res = validate(tune)
+    parse_failed = any("music21" in e for e in res.errors) or (res.music21_notes or 0) == 0
+    try:
+        h = parse_header(tune, strict=False)
+        body = h.body
+    except Exception:  # noqa: BLE001 - an unreadable header: nothing more to measure
+        h, body = {}, ""
+    pitches = []
+    for tok in tokenize_body(body):
+        if tok.kind == "note" and tok.letter and tok.letter.upper() in "ABCDEFG":
+            step = "CDEFGAB".index(tok.letter.upper())
+            octave = (1 if tok.letter.islower() else 0) + tok.octave.count("'") - tok.octave.count(",")
+            pitches.append(60 + _STEP_SEMITONES[step] + 12 * octave + _ACC_SEMITONES.get(tok.acc, 0))
+    bars = _bars_of(body)
+    seen: set[str] = set()
+    repeated = 0
+    for b in bars:
+        repeated += b in seen
+        seen.add(b)
+    out = {
+        "parsed": not parse_failed, "valid": res.ok, "bad_bars": res.bad_bars, "n_bars": res.n_bars,
+        "key_ok": None, "meter_ok": None, "bars_ok": None,
+        "pitch_range": (max(pitches) - min(pitches)) if pitches else 0,
+        "repeated_bar_share": repeated / len(bars) if bars else 0.0,
+        "has_repeat_signs": ":|" in body or "|:" in body,
+    }
+    if requested.get("key"):
+        out["key_ok"] = _norm_key(h.get("K")) == _norm_key(requested["key"])
+    if requested.get("meter"):
+        out["meter_ok"] = (h.get("M") or "").replace(" ", "") == requested["meter"].replace(" ", "")
+    if requested.get("bars"):
+        out["bars_ok"] = res.n_bars == int(requested["bars"])
+    return out
+
+
+def abc_generation_metrics(tunes: list[str | None], requested: list[dict] | None = None,
+                           train_tunes: Iterable[str] | None = None, ngram_bars: int = 4) -> dict:
+    """Aggregate metrics of generated tunes (``None`` = a reply without ABC, counted as a failure everywhere).
+
+    Rates are over all replies: ``found``, ``parse_rate``, ``valid_rate``, ``key_match`` / ``meter_match`` /
+    ``bars_match`` (over replies whose request named that field). Means over found tunes: ``bars_per_tune``,
+    ``pitch_range``, ``repeated_bar_share``, ``repeat_signs``. With ``train_tunes``: ``copied`` (share of found tunes
+    whose bar sequence equals a training tune's) and ``ngram_overlap`` (share of ``ngram_bars``-bar windows of the
+    generations that occur in a training tune: 0 = all new, 1 = stitched from training material).
+    """
+    n = len(tunes)
+    if n == 0:
+        raise ValueError("abc_generation_metrics: no replies given")
+    requested = requested or [{} for _ in tunes]
+    rows = [tune_metrics(t, r) if t else None for t, r in zip(tunes, requested)]
+    found = [r for r in rows if r is not None]
+
+    def rate(field: str) -> float | None:
+        asked = [r for r, q in zip(rows, requested) if q.get(field.split("_")[0])]
+        if not asked:
+            return None
+        return sum(bool(r and r[field]) for r in asked) / len(asked)
+
+    def mean(field: str) -> float:
+        return sum(float(r[field]) for r in found) / len(found) if found else 0.0
+
+    out = {
+        "n": n, "found": len(found) / n,
+        "parse_rate": sum(r["parsed"] for r in found) / n, "valid_rate": sum(r["valid"] for r in found) / n,
+        "key_match": rate("key_ok"), "meter_match": rate("meter_ok"), "bars_match": rate("bars_ok"),
+        "bars_per_tune": mean("n_bars"), "pitch_range": mean("pitch_range"),
+        "repeated_bar_share": mean("repeated_bar_share"), "repeat_signs": mean("has_repeat_signs"),
+    }
+    if train_tunes is not None:
+        from musiccore.abc import tune_body
+
+        train_seqs, train_grams = set(), set()
+        for t in train_tunes:
+            bars = tuple(_bars_of(tune_body(t)))
+            train_seqs.add(bars)
+            train_grams.update(bars[i : i + ngram_bars] for i in range(len(bars) - ngram_bars + 1))
+        copied, hits, total = 0, 0, 0
+        for t in tunes:
+            if not t:
+                continue
+            bars = tuple(_bars_of(tune_body(t)))
+            copied += bars in train_seqs
+            grams = [bars[i : i + ngram_bars] for i in range(len(bars) - ngram_bars + 1)]
+            hits += sum(g in train_grams for g in grams)
+            total += len(grams)
+        out["copied"] = copied / len(found) if found else 0.0
+        out["ngram_overlap"] = hits / total if total else 0.0
+    return out
