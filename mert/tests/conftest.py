@@ -11,6 +11,11 @@ import pytest
 SR = 24000
 
 
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "fairseq: needs the optional fairseq extra (fairseq-fixed); CI runs them with `make test-fairseq`")
+
+
 def synth_clip(rng: np.random.Generator, seconds: float, sr: int = SR) -> np.ndarray:
     """A melody of harmonic notes (random MIDI pitches 45-80, 0.2-0.5 s each) plus a little noise, peak 0.5."""
     n = int(seconds * sr)

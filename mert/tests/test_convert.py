@@ -186,8 +186,11 @@ def test_cli_export_verify(tmp_path, capsys):
     assert "verify: max" in capsys.readouterr().out
 
 
+@pytest.mark.fairseq
 def test_fairseq_parity_when_installed(tmp_path):
-    """With the optional fairseq extra: fairseq's HubertModel and ours agree after conversion."""
+    """With the optional fairseq extra: fairseq's HubertModel and ours agree after conversion, both layouts, every
+    hidden state. ``label_rate`` must be set: HubertConfig's default is the interpolation string
+    "${task.label_rate}" that only hydra resolves, and fairseq's constructor divides by it (TypeError)."""
     pytest.importorskip("fairseq")
     from fairseq.models.hubert.hubert import HubertConfig as FsConfig
     from fairseq.models.hubert.hubert import HubertModel as FsHubert
@@ -197,7 +200,7 @@ def test_fairseq_parity_when_installed(tmp_path):
             extractor_mode="default", encoder_layers=2, encoder_embed_dim=64, encoder_ffn_embed_dim=128,
             encoder_attention_heads=4, layer_norm_first=stable, conv_feature_layers="[(32,10,5)] + [(32,3,2)] * 4 + [(32,2,2)] * 2",
             conv_pos=16, conv_pos_groups=4, final_dim=16, untie_final_proj=True, dropout=0.0, attention_dropout=0.0,
-            activation_dropout=0.0, encoder_layerdrop=0.0, dropout_input=0.0, dropout_features=0.0,
+            activation_dropout=0.0, encoder_layerdrop=0.0, dropout_input=0.0, dropout_features=0.0, label_rate=75,
         )
         task = types.SimpleNamespace(sample_rate=24000, label_rate=75, fine_tuning=False, labels=["km"])
         dicts = [list(range(12))]
@@ -211,5 +214,9 @@ def test_fairseq_parity_when_installed(tmp_path):
         x = waveform(0.5)
         with torch.no_grad():
             ref, _ = fs.extract_features(x, padding_mask=None, mask=False)
-            got = ours(x).last_hidden_state
-        assert float((ref - got).abs().max()) <= 1e-4
+            out = ours(x, output_hidden_states=True)
+            # intermediate layers: fairseq's output_layer is 1-based and never applies the final LayerNorm
+            inner = [fs.extract_features(x, padding_mask=None, mask=False, output_layer=i)[0] for i in (1,)]
+        assert float((ref - out.last_hidden_state).abs().max()) <= 1e-4
+        for i, r in zip((1,), inner):
+            assert float((r - out.hidden_states[i]).abs().max()) <= 1e-4

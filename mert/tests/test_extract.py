@@ -273,12 +273,16 @@ def test_twenty_minute_file_bounded_memory(tmp_path):
 def test_demo_on_data_kit_clips(model, tmp_path, monkeypatch, capsys, datakit):
     model.save_pretrained(tmp_path / "m")
     monkeypatch.setenv("MUSIC_DATA_DIR", str(datakit))
-    assert cli_main(["demo", "--checkpoint", str(tmp_path / "m"), "--num-clips", "3"]) == 0
+    monkeypatch.setenv("MUSIC_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("MUSIC_RUNS_DIR", str(tmp_path / "runs"))
+    assert cli_main(["demo", "--checkpoint", str(tmp_path / "m"), "--num-clips", "3", "--probe-task", "key"]) == 0
     out = capsys.readouterr().out
     assert "3 clips from the data kit" in out and "per-layer summary" in out
     assert "features (3, 374, 64)" in out  # 5 s kit clips at 24 kHz -> 374 frames, 3 hidden states
-    assert "probe: extracted 6" in out  # every kit clip, time-averaged, then the instrument probe
-    assert "probe instrument" in out
+    assert f"tiny model: {tmp_path / 'm'}" in out  # where the model is, for `mert extract --model`
+    # the MARBLE-style table: the model next to its baselines, through the same probe
+    assert "| task | metric | pretrained | random-init | mfcc | chroma |" in out and "| kit_key | MIREX key score |" in out
+    assert list((tmp_path / "runs" / "mert" / "eval").glob("demo-*/results.md"))
 
 
 def test_demo_fallbacks(tmp_path, monkeypatch, capsys):

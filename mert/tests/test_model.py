@@ -389,16 +389,38 @@ def test_mask_replaces_frames_with_mask_embedding():
 
 
 def test_compute_span_mask():
-    g = torch.Generator().manual_seed(0)
-    mask = compute_span_mask((4, 374), 0.8, 5, min_masks=2, generator=g)
-    frac = mask.float().mean().item()
+    import numpy as np
+
+    from mert import loss, modeling_mert
+
+    # one span-mask function: the model's forward and training draw masks with the same code
+    assert modeling_mert.compute_span_mask is loss.compute_span_mask
+    rng = np.random.default_rng(0)
+    mask = compute_span_mask(4, 374, 0.8, 5, 2, rng)
+    frac = mask.mean()
     assert 0.4 < frac < 0.8  # overlapping spans: below mask_prob
-    fm = torch.ones(2, 100, dtype=torch.bool)
-    fm[1, 40:] = False
-    mask = compute_span_mask((2, 100), 0.8, 5, min_masks=2, frame_mask=fm, generator=g)
+    assert len(set(mask.sum(1).tolist())) == 1  # require_same_masks
+    mask = compute_span_mask(2, 100, 0.8, 5, 2, rng, lengths=[100, 40])
     assert not mask[1, 40:].any() and mask[1, :40].any()
-    mask = compute_span_mask((1, 20), 0.0, 5, min_masks=2, generator=g)
+    assert mask[0].sum() == mask[1].sum()  # padded row: equal counts still hold
+    mask = compute_span_mask(1, 20, 0.0, 5, 2, rng)
     assert 5 <= mask.sum() <= 10  # min_masks spans of 5 frames
+
+
+def test_pretraining_forward_masks_respect_padding_and_torch_seed():
+    cfg = MERTConfig.preset("tiny")
+    torch.manual_seed(0)
+    m = MERTForPretraining(cfg).train()
+    x = torch.randn(2, 24000)
+    am = torch.ones(2, 24000, dtype=torch.long)
+    am[1, 12000:] = 0
+    torch.manual_seed(5)
+    a = m(x, attention_mask=am).mask_time_indices
+    torch.manual_seed(5)
+    b = m(x, attention_mask=am).mask_time_indices
+    assert torch.equal(a, b)  # masks follow torch's seed
+    t_real = int(a.shape[1] * 12000 / 24000) - 1
+    assert not a[1, t_real + 1 :].any() and a[1].any()
 
 
 def test_gradient_checkpointing_same_result():

@@ -13,10 +13,20 @@ import logging
 import sys
 from pathlib import Path
 
-SUBCOMMANDS = "train extract probe convert export-hf prepare demo".split()
-DISPATCHED = {"train": "mert.train", "prepare": "mert.prepare", "probe": "mert.probe"}
+SUBCOMMANDS = "train extract probe eval convert export-hf prepare demo".split()
+DISPATCHED = {"train": "mert.train", "prepare": "mert.prepare", "probe": "mert.probe", "eval": "mert.evaluate"}
 
 logger = logging.getLogger("mert")
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Errors that describe bad input (typed, with the file and reason in the message): printed as one line."""
+    from musiccore.data.manifest import DataKitError
+
+    return (ValueError, FileNotFoundError, DataKitError)
+
+
+USER_ERRORS = _user_errors()
 
 
 def _setup_logging(level: str = "INFO") -> None:
@@ -42,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="{" + ",".join(SUBCOMMANDS) + "}")
 
     for name, help_ in (("train", "pretrain MERT (mert.train)"), ("prepare", "prepare pretraining data (mert.prepare)"),
-                        ("probe", "MARBLE-style probing on extracted features (mert.probe)")):
+                        ("probe", "MARBLE-style probing on extracted features (mert.probe)"),
+                        ("eval", "MARBLE protocol over task configs, cached features, baselines (mert.evaluate)")):
         p = sub.add_parser(name, help=help_, add_help=False)
         p.add_argument("rest", nargs=argparse.REMAINDER)
 
@@ -88,8 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "is none)")
     p.add_argument("--train-minutes", type=float, default=2.0,
                    help="CPU minutes of tiny pretraining when no trained model exists (0: use random weights)")
-    p.add_argument("--probe-task", default="instrument", choices=["key", "meter", "instrument", "tempo", "none"],
-                   help="probe the time-averaged features of every data-kit clip for this label")
+    p.add_argument("--probe-task", default="all",
+                   choices=["all", "key", "meter", "instrument", "tempo", "beat", "melody", "none"],
+                   help="MARBLE-style evaluation on the data kit (configs/eval/kit_*.yaml) next to the baselines "
+                        "(random init, MFCC, chroma): every kit task (all), one of them, or none")
     p.add_argument("--num-clips", type=int, default=6)
     p.add_argument("--window-s", type=float, default=5.0)
     return parser
@@ -221,6 +234,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if folder is not None:
         model = MERTModel.from_pretrained(folder)
         print(f"model: {folder} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters)")
+        print(f"tiny model: {folder}  (use it: mert extract AUDIO --model {folder} --out FEATS)")
     else:
         if args.checkpoint:
             print(f"error: {ckpt_dir} holds no model folder (config.json + model.safetensors)", file=sys.stderr)
@@ -292,28 +306,35 @@ def cmd_demo(args: argparse.Namespace) -> int:
           "temporal smoothness.")
     print(f"features written under {out}")
     if args.probe_task != "none" and len(names) and not names[0].startswith("tone"):
-        _demo_probe(model, args.probe_task, args.window_s, work)
+        if folder is None:  # random weights: the evaluation reads a model folder
+            folder = model.save_pretrained(work / "random-model")
+        _demo_eval(folder, args.probe_task)
     return 0
 
 
-def _demo_probe(model, task: str, window_s: float, work: Path) -> None:
-    """Time-averaged features of every data-kit clip, then the MARBLE-style probe for ``task`` (layer weights learned)."""
-    from musiccore.data import load_manifest, resolve
+def _demo_eval(folder: Path, task: str) -> None:
+    """The data kit's MARBLE-style tasks for the model in ``folder`` next to random init, MFCC and chroma."""
+    import time
 
-    from .extract import ExtractOptions, extract
-    from .probe import probe_features
+    from .evaluate import CONFIG_DIR, EvalError, evaluate, offline_task_files, results_table
 
-    paths = [resolve(r["path"]) for r in load_manifest("clips")]
-    feats = work / "probe_features"
-    summary = extract(paths, feats, model, ExtractOptions(pooling="mean", window_s=window_s), progress=False)
-    print(f"\nprobe: {summary.line()}")
+    files = offline_task_files() if task == "all" else [CONFIG_DIR / f"kit_{task}.yaml"]
+    from musiccore.runs import runs_root
+
+    out = runs_root() / "mert" / "eval" / f"demo-{Path(folder).parent.name or Path(folder).name}"
+    t0 = time.perf_counter()
+    print(f"\nevaluation on the data kit ({', '.join(p.stem for p in files)}); features cached under "
+          "$MUSIC_CACHE_DIR/mert/eval, so a rerun only probes")
     try:
-        res = probe_features(feats, task, layer="all")
-    except ValueError as e:  # a kit too small for every split or label (ProbeError, metric errors)
-        print(f"probe {task}: skipped ({e})")
+        # layer=all (learned layer weights, one probe per source and task) keeps the demo short; the full layer sweep
+        # with curves is `make -C mert eval`
+        results = evaluate(folder, files, out, ["layer=all"])
+    except (EvalError, ValueError) as e:
+        print(f"evaluation skipped: {e}")
         return
-    test = "n/a" if res.get("test_score") is None else f"{res['test_score']:.3f}"
-    print(f"probe {task} ({res['metric']}, clips per split {res['n']}): valid {res['valid_score']:.3f}, test {test}")
+    print(results_table(results))
+    print(f"test scores with learned layer weights (Lall; per-layer curves: make -C mert eval); "
+          f"{time.perf_counter() - t0:.0f} s. Results and layer curves: {out}")
 
 
 def _dispatched(argv: list[str]) -> tuple[str, list[str], str] | None:
@@ -337,7 +358,11 @@ def main(argv: list[str] | None = None) -> int:
         # train/prepare/probe own their arguments: they get everything after the subcommand.
         module, rest, level = target
         _setup_logging(level)
-        return int(importlib.import_module(module).main(rest) or 0)
+        try:
+            return int(importlib.import_module(module).main(rest) or 0)
+        except USER_ERRORS as e:  # a missing data kit, a bad config or manifest: one readable line, no traceback
+            logger.error("%s", e)
+            return 2
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(args.log_level)
@@ -347,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
     handlers = {"extract": cmd_extract, "convert": cmd_convert, "export-hf": cmd_export_hf, "demo": cmd_demo}
     try:
         return handlers[args.command](args)
-    except (ValueError, FileNotFoundError) as e:  # typed input errors: one readable line, no traceback
+    except USER_ERRORS as e:  # typed input errors: one readable line, no traceback
         logger.error("%s", e)
         return 2
 

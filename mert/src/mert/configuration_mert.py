@@ -24,6 +24,17 @@ CONFIG_NAME = "config.json"
 ACTIVATIONS = ("gelu", "relu", "silu", "swish", "gelu_new", "gelu_pytorch_tanh")
 
 
+#: MERTConfig fields used by training only (not written to config.json)
+TRAINING_ONLY = ("init_from", "label_dicts")
+#: fields that fix the state-dict shapes and the forward computation (taken from ``init_from``'s config)
+ARCHITECTURE_FIELDS = (
+    "sample_rate", "conv_dim", "conv_kernel", "conv_stride", "conv_bias", "feat_extract_norm", "feat_extract_activation",
+    "feat_proj_layer_norm", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+    "hidden_act", "layer_norm_eps", "num_conv_pos_embeddings", "num_conv_pos_embedding_groups", "conv_pos_batch_norm",
+    "do_stable_layer_norm", "final_dim", "num_codebooks", "codebook_size", "cqt_bins",
+)
+
+
 class MERTConfigError(ValueError):
     """A config that the model cannot be built from (inconsistent sizes, unsupported option)."""
 
@@ -128,6 +139,16 @@ class MERTConfig:
     """Gradient scale into the conv feature extractor in pretraining (0.1 for 95M, 1.0 for 330M)."""
     logit_temp: float = 0.1
     """Temperature of the cosine logits (used by the loss)."""
+
+    # ---- continued pretraining (read by mert.train only; never written to a saved config.json)
+    init_from: str = ""
+    """Local model folder to start pretraining from: ours (`mert convert` of a fairseq checkpoint: heads included) or
+    a released HF folder (encoder only: heads start fresh). Its architecture fields replace this section's."""
+    label_dicts: str = ""
+    """Folder with the run's fairseq dictionaries ``dict.<label>.txt`` (one per codebook, natural name order): code c
+    of codebook k is trained against label-embedding row 4 + (line of "c" in that file), after the 4 specials
+    (<s>, <pad>, </s>, <unk>). Empty with ``init_from``: a table with 4 rows more than the teacher has codes is read
+    as the released layout (codes listed 0..N-1 in order, row = 4 + c); otherwise row = code."""
 
     def __post_init__(self) -> None:
         self.conv_dim = [int(x) for x in self.conv_dim]
@@ -276,6 +297,8 @@ class MERTConfig:
     def to_dict(self) -> dict[str, Any]:
         """Our config.json: every field plus model_type/architectures (no auto_map: no remote code)."""
         d = dataclasses.asdict(self)
+        for k in TRAINING_ONLY:  # where a run started from is not part of the model
+            d.pop(k, None)
         d["model_type"] = MODEL_TYPE
         d["architectures"] = ["MERTModel"]
         return d

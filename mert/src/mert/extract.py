@@ -608,7 +608,8 @@ class FeatureExtractor:
                     fail(item, e)
                 else:
                     raise
-            if not bar and time.perf_counter() - last_log > 30:
+            # not on a TTY (a Slurm .out file): one line per 100 files or per 30 s, whichever comes first
+            if not bar and (time.perf_counter() - last_log > 30 or (n_item + 1) % 100 == 0 or n_item + 1 == len(todo)):
                 last_log = time.perf_counter()
                 logger.info("extract: %d/%d files read, %d done, %d failed", n_item + 1, len(todo),
                             len(stats.done), len(stats.failed))
@@ -666,10 +667,17 @@ def extract(
     inputs = list(inputs)
     opts = opts or ExtractOptions()
     opts.validate()
+    check_device(device)
     i, n = parse_shard(shard) if not isinstance(shard, tuple) else shard
     model_src = str(model) if not isinstance(model, MERTModel) else "in-memory model"
     if not isinstance(model, MERTModel):
-        model = MERTModel.from_pretrained(model)
+        model = MERTModel.from_pretrained(resolve_model_folder(model))
+    # Everything that can be wrong with the arguments is checked before the output folder and its
+    # extract_config.json exist: a refused run must not leave settings that then refuse the corrected rerun.
+    fx = FeatureExtractor(model, opts, device=device, autocast_dtype=autocast_dtype)
+    items = collect_items(inputs)
+    if not items:
+        raise ExtractError(f"no audio inputs found in {list(map(str, inputs))}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     settings = {"options": asdict(opts), "model": model_src, "model_config": model.config.to_dict(),
@@ -684,12 +692,8 @@ def extract(
             )
     else:
         atomic_write_json(settings_path, settings)
-    items = collect_items(inputs)
-    if not items:
-        raise ExtractError(f"no audio inputs found in {list(map(str, inputs))}")
     items = items[i::n]
     suffix = "" if n == 1 else f"-{i}-of-{n}"
-    fx = FeatureExtractor(model, opts, device=device, autocast_dtype=autocast_dtype)
     logger.info(
         "extracting %d items (shard %d/%d) with layers %s, pooling %s, %.2f s windows (hop %.2f s) -> %s",
         len(items), i, n, fx.layers, opts.pooling, fx.plan.win_samples / fx.sample_rate,
@@ -698,6 +702,48 @@ def extract(
     summary = fx.run(items, out_dir, out_dir / f"index{suffix}.jsonl", out_dir / f"failed{suffix}.jsonl", progress)
     logger.info(summary.line())
     return summary
+
+
+MODEL_HELP = (
+    "a model folder holds config.json + model.safetensors (or pytorch_model.bin). Get one with: "
+    "`mert convert MERT-v1-95M_fairseq.pt DIR --allow-pickle` (fairseq checkpoint), "
+    "`mert convert /path/to/MERT-v1-95M DIR` (a released HF folder you downloaded), "
+    "or `mert demo`, which leaves the tiny pretrained model in $MUSIC_RUNS_DIR/mert/tiny-<hash>/encoder "
+    "(printed as 'tiny model:'); nothing is downloaded at run time"
+)
+
+
+def resolve_model_folder(model: str | Path) -> Path:
+    """A model folder from what a user typed: the folder itself, or a run folder holding ``encoder/`` (and the like).
+
+    Raises :class:`ExtractError` saying how to get a model folder when ``model`` is a hub name or a missing path.
+    """
+    from .cli import find_model_folder
+
+    p = Path(model).expanduser()
+    if not p.exists():
+        raise ExtractError(f"model {str(model)!r} is not a local folder ({MODEL_HELP})")
+    found = find_model_folder(p) if p.is_dir() else None
+    if found is None:
+        raise ExtractError(f"model {str(model)!r} holds no model weights ({MODEL_HELP})")
+    return found
+
+
+def check_device(device: str | torch.device) -> torch.device:
+    """``torch.device(device)``, or an :class:`ExtractError` in one line when that device is not usable here."""
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise ExtractError(f"--device {device!r}: not a torch device ({e})") from e
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ExtractError(f"--device {device}: CUDA is not available on this machine (torch "
+                               f"{torch.__version__}); use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ExtractError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) here")
+    elif dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise ExtractError(f"--device {device}: MPS is not available on this machine; use --device cpu")
+    return dev
 
 
 def model_fingerprint(model: MERTModel) -> str:

@@ -35,42 +35,63 @@ def compute_span_mask(
     mask_length: int = 5,
     min_masks: int = 2,
     rng: np.random.Generator | None = None,
+    lengths: "np.ndarray | list[int] | None" = None,
 ) -> np.ndarray:
-    """Static-length span masks with overlap (fairseq ``compute_mask_indices``, mask_type "static", no padding).
+    """Static-length span masks with overlap (fairseq ``compute_mask_indices``, mask_type "static").
 
+    The only span-mask function of the project: training (``mert.train``) and :class:`MERTForPretraining` both call it.
     The number of span starts is ``int(mask_prob * T / mask_length + u)`` with ``u ~ U[0, 1)`` (at least ``min_masks``),
-    drawn once per batch; starts are sampled without replacement, spans may overlap, so the masked fraction is below
+    drawn once per batch (once per row when ``lengths`` gives padded rows, T = that row's length, as fairseq does with
+    a padding mask); starts are sampled without replacement, spans may overlap, so the masked fraction is below
     ``mask_prob`` (about 59 % for T = 374). Rows are then subsampled to the smallest row count, so every row masks the
-    same number of frames.
+    same number of frames (fairseq ``require_same_masks``).
 
     Args:
         batch_size: B.
-        num_frames: T, frames per row (all rows have the same length: batches are cropped to the shortest clip).
+        num_frames: T, frames per row.
         mask_prob, mask_length, min_masks: the fairseq parameters.
         rng: numpy generator (default: a fresh unseeded one).
+        lengths: optional [B] real frames per row (right padding); spans stay inside them. Rows under 2 real frames
+            get no mask and do not count for the equal-count subsampling.
 
     Returns:
         bool array [B, T].
     """
     rng = rng if rng is not None else np.random.default_rng()
-    if num_frames < 2:
-        raise ValueError(f"cannot mask a sequence of {num_frames} frames")
+    if lengths is None:
+        if num_frames < 2:
+            raise ValueError(f"cannot mask a sequence of {num_frames} frames")
+        row_len = [num_frames] * batch_size
+    else:
+        row_len = [int(n) for n in lengths]
+        if len(row_len) != batch_size or any(not 0 <= n <= num_frames for n in row_len):
+            raise ValueError(f"lengths must be {batch_size} values in [0, {num_frames}], got {row_len}")
     mask = np.zeros((batch_size, num_frames), dtype=bool)
-    num_mask = max(min_masks, int(mask_prob * num_frames / float(mask_length) + rng.random()))
-    rows = []
-    for _ in range(batch_size):
+    batch_num = max(min_masks, int(mask_prob * num_frames / float(mask_length) + rng.random()))
+    rows: list[np.ndarray | None] = []
+    for n_frames in row_len:
+        if n_frames < 2:
+            rows.append(None)  # nothing to mask in a (nearly) empty row
+            continue
+        # padded rows draw their own count from their real length (fairseq's per-row ``sz``)
+        n = batch_num if n_frames == num_frames else max(
+            min_masks, int(mask_prob * n_frames / float(mask_length) + rng.random()))
         span = mask_length
-        n = num_mask
-        if num_frames - span <= n:
+        if n_frames - span <= n:
             # Too short for n distinct starts of full spans: shrink the start range like fairseq does.
-            span = num_frames - n - 1
+            span = n_frames - n - 1
             if span < 1:
-                n, span = max(1, num_frames - 2), 1
-        starts = rng.choice(num_frames - span, n, replace=False)
+                n, span = max(1, n_frames - 2), 1
+        starts = rng.choice(n_frames - span, n, replace=False)
         idx = (starts[:, None] + np.arange(mask_length)[None, :]).reshape(-1)
-        rows.append(np.unique(idx[idx < num_frames]))
-    min_count = min(len(r) for r in rows)
+        rows.append(np.unique(idx[idx < n_frames]))
+    real = [r for r in rows if r is not None]
+    if not real:
+        return mask
+    min_count = min(len(r) for r in real)
     for i, r in enumerate(rows):
+        if r is None:
+            continue
         if len(r) > min_count:
             r = rng.choice(r, min_count, replace=False)
         mask[i, r] = True

@@ -27,12 +27,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from .configuration_mert import CONFIG_NAME, MERTConfig, MERTConfigError
+from .loss import compute_span_mask  # the one span-mask function (training uses it too)
 
 logger = logging.getLogger(__name__)
 
@@ -517,39 +519,6 @@ class _GradMultiply(torch.autograd.Function):
         return grad * ctx.scale, None
 
 
-def compute_span_mask(
-    shape: tuple[int, int],
-    mask_prob: float,
-    mask_length: int,
-    min_masks: int = 0,
-    frame_mask: torch.Tensor | None = None,
-    generator: torch.Generator | None = None,
-    device: torch.device | str | None = None,
-) -> torch.Tensor:
-    """fairseq "static" span masks: bool [B, T], about ``mask_prob * T / mask_length`` (overlapping) spans per item.
-
-    Per item, ``int(mask_prob * len / mask_length + u)`` span starts (u ~ U[0,1), at least ``min_masks``) are drawn
-    without replacement from ``[0, len - mask_length]``; spans may overlap, so the masked fraction is below
-    ``mask_prob``. ``frame_mask`` [B, T] (True = real frame) limits spans to the real frames.
-    """
-    b, t = shape
-    out = torch.zeros(b, t, dtype=torch.bool)
-    lengths = frame_mask.long().sum(-1).tolist() if frame_mask is not None else [t] * b
-    for i, n in enumerate(lengths):
-        num = int(mask_prob * n / mask_length + torch.rand((), generator=generator).item())
-        num = max(num, min_masks)
-        n_starts = n - mask_length
-        if n_starts <= 0:
-            if n > 0 and num > 0:
-                out[i, :n] = True  # shorter than one span: mask the whole item
-            continue
-        num = min(num, n_starts)
-        starts = torch.randperm(n_starts, generator=generator)[:num]
-        idx = (starts[:, None] + torch.arange(mask_length)[None, :]).reshape(-1)
-        out[i, idx] = True
-    return out.to(device) if device is not None else out
-
-
 @dataclass
 class MERTPretrainingOutput:
     """Outputs of :class:`MERTForPretraining` (everything the MERT loss needs).
@@ -625,10 +594,12 @@ class MERTForPretraining(MERTModel):
         feats, x, frame_mask = self._embed(input_values, attention_mask, None, feature_grad_mult=mult)
         features_pen = feats.float().pow(2).mean()
         if mask_time_indices is None and apply_mask and cfg.mask_prob > 0:
-            mask_time_indices = compute_span_mask(
-                (x.shape[0], x.shape[1]), cfg.mask_prob, cfg.mask_length, cfg.mask_min_masks, frame_mask,
-                device=x.device,
-            )
+            # numpy draw seeded from torch's RNG, so torch.manual_seed makes the masks repeatable
+            rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,)).item()))
+            lengths = None if frame_mask is None else frame_mask.long().sum(-1).tolist()
+            mask_time_indices = torch.from_numpy(compute_span_mask(
+                x.shape[0], x.shape[1], cfg.mask_prob, cfg.mask_length, cfg.mask_min_masks, rng, lengths,
+            )).to(x.device)
         if mask_time_indices is not None:
             mask_time_indices = mask_time_indices.to(x.device).bool()
             x = torch.where(mask_time_indices[..., None], self.masked_spec_embed.to(x.dtype), x)

@@ -157,7 +157,13 @@ def compute_label_shard(cfg, rows: Sequence[dict], shard: int, num_shards: int, 
     start, end = shard_bounds(len(rows), shard, num_shards)
     labels, errors = [], []
     t0, seconds = time.time(), 0.0
+    last_log = t0
     for i in range(start, end):
+        # progress in a Slurm log: one line per 100 files or per minute
+        if i > start and ((i - start) % 100 == 0 or time.time() - last_log > 60):
+            last_log = time.time()
+            log.info("labels %s: %d/%d files, %.0f s of audio in %.0f s", name, i - start, end - start, seconds,
+                     last_log - t0)
         try:
             wav = load_mono(rows[i]["path"], cfg.teacher.sample_rate)
             labels.append(np.asarray(teacher(wav), dtype=np.int64))

@@ -225,8 +225,86 @@ class TrainConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
 
 
+def apply_init_from(cfg: TrainConfig) -> TrainConfig:
+    """With ``model.init_from``: take the architecture fields from that folder's config.json (logged when they differ);
+    training fields (dropouts, masking, feature_grad_mult) stay as configured."""
+    from .configuration_mert import ARCHITECTURE_FIELDS
+    from .extract import resolve_model_folder
+
+    m = cfg.model
+    if not m.init_from:
+        return cfg
+    try:
+        folder = resolve_model_folder(m.init_from)
+        src = MERTConfig.from_json(folder)
+    except (ValueError, FileNotFoundError) as e:
+        raise ConfigError(f"model.init_from: {e}") from e
+    changed = {f: (getattr(m, f), getattr(src, f)) for f in ARCHITECTURE_FIELDS if getattr(m, f) != getattr(src, f)}
+    if changed:
+        log.info("model.init_from %s: architecture from its config.json: %s", folder,
+                 ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items()))
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(m, **{k: b for k, (_, b) in changed.items()}))
+    return cfg
+
+
+def read_fairseq_dict(path: str | Path) -> list[str]:
+    """Symbols of a fairseq ``dict.<label>.txt`` in file order (lines "symbol count"; flags like #fairseq:overwrite
+    ignored). Their rows in the label table start at 4, after <s>, <pad>, </s>, <unk>."""
+    path = Path(path)
+    out = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) < 2 or not parts[1].lstrip("-").isdigit():
+            raise ConfigError(f"{path}:{n}: expected 'symbol count', got {line!r}")
+        out.append(parts[0])
+    return out
+
+
+FAIRSEQ_SPECIALS = 4
+
+
+def label_lookup(cfg: TrainConfig) -> list[np.ndarray] | None:
+    """Per codebook, the label-embedding row of each teacher code ([n_codes] int64), or None for row = code.
+
+    See ``MERTConfig.label_dicts``: rows come from the run's fairseq dictionaries, or, for a table of exactly
+    codes + 4 rows loaded with ``init_from``, from the released layout (row = 4 + code).
+    """
+    from . import prepare
+
+    m = cfg.model
+    sizes = prepare.codebook_sizes_of(cfg)
+    if m.label_dicts:
+        import re
+
+        files = sorted(Path(m.label_dicts).glob("dict.*.txt"),
+                       key=lambda p: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", p.name)])
+        if len(files) != len(sizes):
+            raise ConfigError(f"model.label_dicts {m.label_dicts}: {len(files)} dict.*.txt files for {len(sizes)} "
+                              "codebooks")
+        luts = []
+        for f, n in zip(files, sizes):
+            row = {sym: FAIRSEQ_SPECIALS + i for i, sym in enumerate(read_fairseq_dict(f))}
+            missing = [c for c in range(n) if str(c) not in row]
+            if missing:
+                raise ConfigError(f"{f}: codes {missing[:5]} of the teacher are not in the dictionary")
+            lut = np.array([row[str(c)] for c in range(n)], dtype=np.int64)
+            if lut.max() >= m.codebook_size:
+                raise ConfigError(f"{f}: row {lut.max()} >= model.codebook_size {m.codebook_size}")
+            luts.append(lut)
+        return luts
+    if m.init_from and all(m.codebook_size == n + FAIRSEQ_SPECIALS for n in sizes):
+        log.warning("model.init_from: label table of %d rows = %s codes + 4 fairseq specials; mapping code c -> row "
+                    "4 + c (the released dictionaries list the codes in order; set model.label_dicts to read them)",
+                    m.codebook_size, sizes)
+        return [np.arange(n, dtype=np.int64) + FAIRSEQ_SPECIALS for n in sizes]
+    return None
+
+
 def validate(cfg: TrainConfig) -> TrainConfig:
     """Cross-section checks that a dataclass cannot express; raises ConfigError naming the fields."""
+    cfg = apply_init_from(cfg)
     m, t = cfg.model, cfg.teacher
     if t.sample_rate != m.sample_rate:
         raise ConfigError(f"teacher.sample_rate {t.sample_rate} != model.sample_rate {m.sample_rate}")
@@ -341,10 +419,24 @@ def build_data(cfg: TrainConfig):
 
 
 def build_model(cfg: TrainConfig):
-    from .modeling_mert import MERTForPretraining
+    """The pretraining model: fresh (seeded), or with the weights of ``model.init_from`` (heads too when it has them;
+    a released HF folder has none, so its heads start fresh and the run logs that)."""
+    from .modeling_mert import HEAD_PREFIXES, MERTForPretraining, load_state_dict_file, normalize_state_dict
 
     torch.manual_seed(cfg.trainer.seed)
     model = MERTForPretraining(cfg.model)
+    if cfg.model.init_from:
+        from .extract import resolve_model_folder
+
+        folder = resolve_model_folder(cfg.model.init_from)
+        state = normalize_state_dict(load_state_dict_file(folder))
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        bad = [k for k in missing if not k.startswith(HEAD_PREFIXES)] + list(unexpected)
+        if bad:
+            raise ConfigError(f"model.init_from {folder}: weights do not fit the model ({bad[:6]})")
+        log.info("initialised from %s%s", folder,
+                 f" (no pretraining heads there: {sorted(set(k.split('.')[0] for k in missing))} start fresh)"
+                 if missing else " (encoder and pretraining heads)")
     if cfg.trainer.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     return model
@@ -449,6 +541,12 @@ def _trainer_class():
             self.codebook_sizes = list(codebook_sizes) or [mert_cfg.model.codebook_size]
             # most frequent TRAINING label per codebook: the "majority class" baseline of the validation accuracy
             self.majority_labels = list(majority_labels)
+            luts = label_lookup(mert_cfg)
+            # [K, max codes] table; codebooks with fewer codes are padded with their last row (never indexed)
+            self.label_lut = None if luts is None else torch.stack(
+                [torch.from_numpy(np.pad(x, (0, max(map(len, luts)) - len(x)), mode="edge")) for x in luts])
+            if self.label_lut is not None and self.majority_labels:
+                self.majority_labels = [int(self.label_lut[j][c]) for j, c in enumerate(self.majority_labels)]
             self.train_sampler = train_sampler
             self.collater = collater
             self.valid_data, self.valid_sampler = valid_data, valid_sampler
@@ -490,6 +588,9 @@ def _trainer_class():
             cfg = self.mert_cfg
             wav = inputs["input_values"].float()
             labels = inputs["labels"]
+            if self.label_lut is not None:  # teacher codes -> rows of the (released) label tables
+                lut = self.label_lut.to(labels.device)
+                labels = torch.stack([lut[j][labels[:, j]] for j in range(labels.shape[1])], dim=1)
             seed = int(inputs["seed"].reshape(-1)[0])
             rng = np.random.default_rng([seed, 7])  # masks and noise: a function of the batch seed only
             mcfg = cfg.model
@@ -710,8 +811,12 @@ def build_trainer(cfg: TrainConfig):
 
     from .data import Collater
 
+    from . import prepare
+
     run_dir = resolve_run_dir(cfg)
     rank = _rank()
+    # Before any folder exists: a missing data kit or manifest is a one-line error, not an empty run folder.
+    prepare.load_rows(cfg.data, "train")
     if rank == 0:
         # the folder records the config with fresh=false, so a later plain relaunch resumes it
         saved = dataclasses.replace(cfg, trainer=dataclasses.replace(cfg.trainer, fresh=False))

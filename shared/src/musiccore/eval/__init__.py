@@ -2,7 +2,7 @@
 
 Modules
 -------
-metrics    accuracy, F1, ROC-AUC, average precision, R2, MIREX weighted key score (numpy; equal to scikit-learn)
+metrics    accuracy, F1, ROC-AUC, average precision, R2, MIREX key score, beat F-measure (numpy; = scikit-learn)
 probe      MARBLE-style MLP/linear probe on frozen feature arrays, layer-wise probing (torch, CPU)
 frechet    Fréchet distance between two embedding sets (FAD-style)
 pitch      sung-pitch accuracy of a vocal track against its score notes (librosa pYIN)
@@ -17,6 +17,7 @@ from musiccore.eval.frechet import embedding_stats, frechet_distance, frechet_di
 from musiccore.eval.metrics import (
     accuracy,
     average_precision,
+    beat_f_measure,
     f1,
     key_index,
     key_name,
@@ -33,8 +34,8 @@ __all__ = [
     "abc_stats", "frechet", "metrics", "pitch", "probe",
     "AbcStats", "abc_validity_stats",
     "embedding_stats", "frechet_distance", "frechet_distance_from_stats",
-    "accuracy", "average_precision", "f1", "key_index", "key_name", "key_score", "mirex_key_score", "parse_key",
-    "r2", "roc_auc",
+    "accuracy", "average_precision", "beat_f_measure", "f1", "key_index", "key_name", "key_score", "mirex_key_score",
+    "parse_key", "r2", "roc_auc",
     "PitchResult", "pitch_accuracy",
     "LayerwiseResult", "ProbeConfig", "ProbeResult", "probe_layers", "train_probe",
 ]

@@ -32,6 +32,7 @@ __all__ = [
     "key_name",
     "key_score",
     "mirex_key_score",
+    "beat_f_measure",
 ]
 
 
@@ -307,3 +308,34 @@ def mirex_key_score(references: Sequence, estimates) -> float:
         raise ValueError("mirex_key_score needs at least one pair")
     norm = lambda v: int(v) if isinstance(v, (np.integer, int)) and not isinstance(v, bool) else v  # noqa: E731
     return float(np.mean([key_score(norm(r), norm(e)) for r, e in zip(refs, ests)]))
+
+
+# ------------------------------------------------------------------------------------ beats
+
+
+def beat_f_measure(reference, estimated, tolerance: float = 0.07) -> float:
+    """Beat-tracking F-measure (mir_eval ``beat.f_measure``): an estimated beat is correct when it lies within
+    ``tolerance`` seconds (default 70 ms) of a reference beat, each reference matched at most once (maximum bipartite
+    matching). Inputs are beat times in seconds ``[N]`` / ``[M]``. Both empty -> 1.0 (nothing to find, nothing
+    found); exactly one empty -> 0.0.
+    """
+    ref = np.sort(np.asarray(reference, dtype=np.float64).reshape(-1))
+    est = np.sort(np.asarray(estimated, dtype=np.float64).reshape(-1))
+    if not (np.isfinite(ref).all() and np.isfinite(est).all()):
+        raise ValueError("beat times must be finite")
+    if tolerance <= 0:
+        raise ValueError(f"tolerance must be > 0, got {tolerance}")
+    if ref.size == 0 and est.size == 0:
+        return 1.0
+    if ref.size == 0 or est.size == 0:
+        return 0.0
+    from scipy.sparse import csr_matrix
+    from scipy.sparse.csgraph import maximum_bipartite_matching
+
+    hits = np.abs(ref[:, None] - est[None, :]) <= tolerance  # [N, M] candidate pairs
+    if hits.sum() == 0:
+        return 0.0
+    match = maximum_bipartite_matching(csr_matrix(hits), perm_type="column")
+    n_match = int((match >= 0).sum())
+    precision, recall = n_match / est.size, n_match / ref.size
+    return 0.0 if n_match == 0 else float(2 * precision * recall / (precision + recall))

@@ -27,7 +27,7 @@ from musiccore.eval import metrics as M
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ProbeConfig", "ProbeResult", "LayerwiseResult", "train_probe", "probe_layers", "score"]
+__all__ = ["ProbeConfig", "ProbeResult", "LayerwiseResult", "train_probe", "probe_layers", "score", "group_mean"]
 
 TASKS = ("classification", "multilabel", "regression")
 _DEFAULT_METRIC = {"classification": "accuracy", "multilabel": "roc_auc", "regression": "r2"}
@@ -141,6 +141,10 @@ def _group_mean(values: np.ndarray, targets: np.ndarray, groups) -> tuple[np.nda
     np.add.at(sums, inv, values)
     counts = np.bincount(inv, minlength=len(uniq)).astype(np.float64)
     return sums / counts.reshape(-1, *([1] * (values.ndim - 1))), targets[first]
+
+
+#: public name: average per-row outputs per track (MARBLE's scatter_mean) -> (per-group values, per-group targets)
+group_mean = _group_mean
 
 
 def _preprocess(x: np.ndarray, prep: dict) -> np.ndarray:
