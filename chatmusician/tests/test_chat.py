@@ -306,3 +306,100 @@ def test_tight_budgets_still_close_every_tune(random_model):
             assert o["new_tokens"] <= budget and validate(extract_tunes(o["reply"])[0].abc).ok, o["reply"]
     with pytest.raises(ValueError, match="too small for constrained decoding"):
         generate_detailed(model, tok, ["x"], gen, max_new_tokens=20, constraints=[AbcAutomaton()])
+
+
+# ------------------------------------------------------------------------------------------------ LLaMA-2 vocabulary
+
+
+def _llama2_tokenizer_dir() -> Path | None:
+    """The released LLaMA-2 tokenizer folder: ``$CHATMUSICIAN_LLAMA2_TOKENIZER``, else the handbook's assets beside
+    the checkout (``<root>/../shared/assets/chatmusician/llama2``); None when absent."""
+    import os
+
+    env = os.environ.get("CHATMUSICIAN_LLAMA2_TOKENIZER")
+    candidates = [Path(env)] if env else []
+    candidates += [p / "shared" / "assets" / "chatmusician" / "llama2" for p in Path(__file__).resolve().parents]
+    return next((c for c in candidates if (c / "tokenizer.model").is_file()), None)
+
+
+LLAMA2 = _llama2_tokenizer_dir()
+needs_llama2 = pytest.mark.skipif(LLAMA2 is None, reason="LLaMA-2 tokenizer not found (shared/assets/chatmusician/llama2"
+                                                         " or $CHATMUSICIAN_LLAMA2_TOKENIZER)")
+
+
+@pytest.fixture(scope="module")
+def llama2_tok():
+    from chatmusician.tokenization import load_tokenizer
+
+    return load_tokenizer(str(LLAMA2))
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.integers(min_value=0, max_value=10**6), max_size=60), st.text(min_size=1, max_size=30),
+       st.sampled_from([None, "Ador", "F#m"]))
+def test_characters_outside_the_alphabet_are_never_accepted(choices, others, key):
+    """The processor's trie keeps only tokens spelled from ``AbcAutomaton.alphabet``: that is exact only if no state
+    accepts any other character (checked along random accepted paths, with random unicode)."""
+    a = AbcAutomaton(key=key, min_bars=2, max_bars=3)
+    outside = {c for c in others + "".join(map(chr, range(32, 127))) + "\t\r€♯" if c not in a.alphabet}
+    s = a.start()
+    for c in choices:
+        assert all(a.step(s, ch) is None for ch in outside), s
+        opts = [ch for ch in sorted(a.alphabet) if a.step(s, ch) is not None]
+        if not opts:
+            break
+        s = a.step(s, opts[c % len(opts)])
+
+
+@needs_llama2
+def test_token_strings_of_the_llama2_vocabulary(llama2_tok):
+    """Token texts as decoding writes them: runs of "▁" are that many spaces, byte pieces are their character, and a
+    tune's ids join back to the decoded text (what the automaton reads is what the reply holds)."""
+    from chatmusician.constrained import token_strings
+
+    strings = token_strings(llama2_tok)
+    assert len(strings) == 32000 and strings[2] is None  # </s> is special
+    ids = {p: llama2_tok.convert_tokens_to_ids(p) for p in ("▁", "▁▁▁▁", "<0x0A>", "▁G", "AB")}
+    assert [strings[i] for i in ids.values()] == [" ", "    ", "\n", " G", "AB"]
+    tune = "X:1\nL:1/8\nM:6/8\nK:G\n|:GAB ~c2d|e>dc (3BAG F|\nG3 G3:|\n"
+    enc = llama2_tok(tune, add_special_tokens=False)["input_ids"][1:]  # without the dummy-prefix "▁X"
+    assert "".join(strings[i] for i in enc) == llama2_tok.decode(enc) == tune[1:]
+
+
+@needs_llama2
+def test_constrained_decoding_with_the_llama2_vocabulary(llama2_tok):
+    """A random tiny LLaMA with a 32000-row embedding and the released vocabulary: every constrained tune parses, passes
+    the strict bar check and has the asked key, meter and bar count; the pruned trie walk admits exactly the tokens a
+    brute-force run of the automaton over all 32000 token texts admits."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from chatmusician.config import GenerateConfig
+    from chatmusician.constrained import AbcLogitsProcessor
+    from chatmusician.generate import generate_detailed
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=32000, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                         num_key_value_heads=2, intermediate_size=32, max_position_embeddings=512,
+                                         eos_token_id=2, pad_token_id=0)).eval()
+    prompts = [PROMPT, "Key: D dorian\nMeter: 3/4\nBars: 2", "Key: Bb major\nMeter: 2/4\nNote Length: 1/16\nBars: 3",
+               "Key: E minor\nMeter: 12/8\nBars: 2"]
+    reqs = [parse_request(p) for p in prompts]
+    autos = [AbcAutomaton(key=r.key, meter=r.meter, unit=r.unit, min_bars=r.bars, max_bars=r.bars) for r in reqs]
+    outs = generate_detailed(model, llama2_tok, prompts, GenerateConfig(temperature=1.0, max_new_tokens=160), seed=3,
+                             constraints=autos, batch_size=4)
+    for r, o in zip(reqs, outs):
+        tunes = extract_tunes(o["reply"])
+        assert len(tunes) == 1 and not o["forced"], o
+        res = validate(tunes[0].abc)
+        assert res.ok and res.n_bars == r.bars, (o["reply"], res.errors)
+        assert f"\nK:{r.key}\n" in tunes[0].abc and f"\nM:{r.meter}\n" in tunes[0].abc
+        assert "  " not in tunes[0].abc.split("K:")[1].rstrip()  # single spaces inside the body
+    # exactness of the pruned walk, on states along the first reply (header, notes being spelled, bar lines, the end)
+    a = AbcAutomaton(key="G", meter="6/8", unit="1/8", min_bars=4, max_bars=4)
+    proc = AbcLogitsProcessor(llama2_tok, [a], 200)
+    text = outs[0]["reply"]
+    for cut in sorted({0, 12, 22, 24, len(text) // 2, len(text) - 3}):
+        s = a.run(a.start(), text[:cut])
+        brute = {i for i, t in enumerate(proc.strings) if t and a.run(s, t) is not None} | (
+            {proc.eos} if a.can_end(s) else set())
+        assert set(proc._allowed(0, s)) == brute, repr(text[:cut])

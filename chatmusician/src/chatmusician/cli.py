@@ -6,6 +6,7 @@
     chatmusician chat   --model DIR ["prompt"] [--batch in.jsonl] chat; tunes extracted, validated, rendered
     chatmusician eval   --config C --model DIR                 parse rate / key / meter adherence of generated tunes
     chatmusician demo                                          tiny model: build data, train, generate, report
+    chatmusician web    --model DIR [--port N]                  Gradio page on 127.0.0.1: prompt, reply, audio, sheet
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import sys
 
 log = logging.getLogger("chatmusician")
 
-SUBCOMMANDS = "data train chat eval export demo".split()
+SUBCOMMANDS = "data train chat eval export demo web".split()
 
 
 def _add_config(p: argparse.ArgumentParser, default: str | None = None) -> None:
@@ -80,6 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None, help="training steps (default: configs/demo.yaml)")
     p.add_argument("--n", type=int, default=20, help="metadata prompts to generate for")
     p.add_argument("--out", default=None, help="run folder (default <MUSIC_RUNS_DIR>/chatmusician/demo)")
+    from .web import add_arguments as add_web_arguments
+
+    add_web_arguments(sub.add_parser("web", help="Gradio page bound to 127.0.0.1: prompt fields, constrained on/off, "
+                                      "reply, audio player and sheet (needs the web extra)"))
     return parser
 
 
@@ -181,6 +186,14 @@ def main(argv: list[str] | None = None) -> int:
         from .demo import run_demo
 
         run_demo(steps=args.steps, n_prompts=args.n, out=args.out)
+    elif args.command == "web":
+        from .web import run_web
+
+        try:
+            return run_web(args)
+        except (FileNotFoundError, ValueError) as e:
+            print(f"chatmusician web: error: {e}", file=sys.stderr)  # one line, no traceback
+            return 2
     return 0
 
 

@@ -22,7 +22,10 @@ completion by at most that), the processor switches to *forced* mode and only ad
 completion (rests to fill the bar, then ``|]``), so the tune always ends well-formed before ``max_new_tokens``.
 
 Per step and per row the allowed tokens come from a walk of the vocabulary's character trie from the automaton state
-(pruning dead branches), cached per state: cost grows with the number of live tokens, not with the vocabulary.
+(pruning dead branches), cached per state: cost grows with the number of live tokens, not with the vocabulary. The
+trie holds only tokens spelled from the automaton's alphabet (:data:`BODY_CHARS` plus the header lines' characters:
+about 800 of LLaMA-2's 32,000 when key, meter and unit are given), and the commit of a pending note is computed once
+per trie node rather than once per child character.
 """
 
 from __future__ import annotations
@@ -53,6 +56,10 @@ _TONICS = ("C", "G", "D", "A", "E", "B", "F", "Bb", "Eb", "Ab", "F#", "C#", "Db"
 _MODES = ("", "m", "maj", "min", "dor", "mix", "lyd", "phr", "loc", "aeo", "ion")
 KEYS = tuple(t + m for t in _TONICS for m in _MODES)
 _NOTE_RE = re.compile(r"^(\^|_|=)?([A-Ga-gz])?([,']*)([0-9/]*)$")
+# every character the body can accept (notes, accidentals, octave marks, lengths, rests, bar lines, groups, spacing);
+# with the header lines' characters this is the automaton's alphabet: a token holding any other character is never
+# allowed, so the processor leaves such tokens out of its trie (most of a 32k LLaMA vocabulary)
+BODY_CHARS = frozenset("^_=ABCDEFGabcdefgz,'0123456789/~|:]><( \n")
 
 
 def meter_value(m: str) -> Fraction:
@@ -124,12 +131,18 @@ class AbcAutomaton:
                        ("K", (key,) if key else KEYS)]
         self.lines = [[f"{f}:{v}\n" for v in vals] for f, vals in self.fields]
         self.prefixes = [{ln[:i] for ln in lines for i in range(1, len(ln) + 1)} for lines in self.lines]
+        #: characters :meth:`step` can ever accept (any other one is rejected from every state)
+        self.alphabet = BODY_CHARS | frozenset("".join(ln for lines in self.lines for ln in lines))
         # longest completion from any body state: a note being spelled, a broken pair or triplet to close (3 notes),
         # a whole bar of rests, "|]\n"; the processor forces the completion this many tokens early, so the budget
         # always suffices even when one token makes the completion jump (e.g. a bar line: one more bar of rests)
         self.max_completion = 4 + 3 * 4 + max(_rests_len(meter_value(m) / Fraction(u)) for m in self.fields[2][1]
                                               for u in self.fields[1][1]) + 3
         self._units: dict[str, Fraction] = {}
+        # one-slot memos keyed by the identity of a (frozen) state: a vocabulary walk steps one state with every
+        # child character of a trie node, and the commit of a pending note / the note-fits test depend on the state only
+        self._memo_commit: tuple[State | None, State | None] = (None, None)
+        self._memo_fits: tuple[State | None, bool] = (None, False)
 
     def start(self) -> State:
         return State()
@@ -152,7 +165,10 @@ class AbcAutomaton:
             grown = self._grow_note(s, ch)
             if grown is not None:
                 return grown
-            c = self._commit_note(s)
+            src, c = self._memo_commit
+            if src is not s:
+                c = self._commit_note(s)
+                self._memo_commit = (s, c)
             return None if c is None else self._step_stable(c, ch)
         if s.pend_kind == "bar":
             if s.pend + ch in _BAR_PREFIXES and self._bar_possible(s, s.pend + ch):
@@ -203,6 +219,14 @@ class AbcAutomaton:
             return False
         stable = s.tup_left in (0, 1)  # after this note no group is open
         return not stable or (new / GRID).denominator == 1
+
+    def _any_fits(self, s: State) -> bool:
+        """Some note length fits in state ``s`` (memoised for the last state asked)."""
+        src, ok = self._memo_fits
+        if src is not s:
+            ok = any(self._fits(s, L) for L in LENGTHS)
+            self._memo_fits = (s, ok)
+        return ok
 
     def _grow_note(self, s: State, ch: str) -> State | None:
         m = _NOTE_RE.match(s.pend)
@@ -261,13 +285,13 @@ class AbcAutomaton:
         if ch in "^_=ABCDEFGabcdefgz":
             if ch == "z" and (s.deco or not s.began):  # the first note is a pitch: a tune of rests is no tune
                 return None
-            if not any(self._fits(s, L) for L in LENGTHS):
+            if not self._any_fits(s):
                 return None
             return dataclasses.replace(s, pend=ch, pend_kind="note", ws=0)
         if s.deco:
             return None  # a decoration must be followed by a note
         if ch == "~":
-            return dataclasses.replace(s, deco=True, ws=0) if any(self._fits(s, L) for L in LENGTHS) else None
+            return dataclasses.replace(s, deco=True, ws=0) if self._any_fits(s) else None
         if ch in "|:":
             if s.broken is not None or s.tup_left:
                 return None
@@ -360,7 +384,8 @@ def token_strings(tokenizer) -> list[str | None]:
         piece = tokenizer.convert_ids_to_tokens(i)
         text = tokenizer.convert_tokens_to_string([piece])
         if isinstance(piece, str) and piece.startswith("▁"):
-            text = " " + text.lstrip(" ")
+            # every leading "▁" is a space (LLaMA has pieces of 2..16 spaces, "▁▁▁▁" decodes to 4 spaces)
+            text = " " * (len(piece) - len(piece.lstrip("▁"))) + text.lstrip(" ")
         m = re.fullmatch(r"<0x([0-9A-Fa-f]{2})>", piece or "")
         if m:  # byte fallback
             b = int(m.group(1), 16)
@@ -392,8 +417,10 @@ class AbcLogitsProcessor:
         self.eos = tokenizer.eos_token_id
         self.strings = token_strings(tokenizer)
         self.root = _Trie()
+        alphabet = frozenset().union(*(a.alphabet for a in automata))
         for i, t in enumerate(self.strings):
-            if t:
+            # only tokens spelled from the automata's alphabet can ever be allowed (LLaMA-2: 797 to 7,227 of 32k)
+            if t and alphabet.issuperset(t):
                 node = self.root
                 for ch in t:
                     node = node.children.setdefault(ch, _Trie())
@@ -432,6 +459,18 @@ class AbcLogitsProcessor:
                     stack.append((child, nxt))
         if a.can_end(s):
             out.append(self.eos)
+        return out
+
+    def _prefix_tokens(self, text: str) -> list[int]:
+        """Ids of every token whose string is a prefix of ``text`` (the tokens that spell the forced completion):
+        one trie path, not a scan of the vocabulary."""
+        out: list[int] = []
+        node = self.root
+        for ch in text:
+            node = node.children.get(ch)
+            if node is None:
+                break
+            out += node.ids
         return out
 
     def _mask(self, b: int, s: State, device) -> torch.Tensor:
@@ -479,7 +518,7 @@ class AbcLogitsProcessor:
                     self.forced[b] = comp  # budget: spell the completion from now on (+ EOS)
             if self.forced[b] is not None:
                 rest = self.forced[b]
-                allow = [i for i, t in enumerate(self.strings) if t and rest.startswith(t)] if rest else [self.eos]
+                allow = self._prefix_tokens(rest) if rest else [self.eos]
                 mask = torch.ones(self.vocab, dtype=torch.bool)
                 mask[allow] = False
                 mask = mask.to(scores.device)
