@@ -58,3 +58,49 @@ def tiny_codec(tiny_codec_dir):
     from yue.codec import XCodec
 
     return XCodec.from_pretrained(tiny_codec_dir)
+
+
+# ---- LM training: a `yue prepare`-contract folder with random codes (manifest, codes/, tokenizer/) -------------
+LM_SPLITS = ("train", "train", "train", "valid", "test")
+
+
+def write_prepared(folder, tok, frames=(260, 280, 300, 240, 250), splits=LM_SPLITS, seed=0):
+    """A prepared folder: songs ``s0..`` with random int16 codes [12, T] per stem and two segments each."""
+    import json
+    import shutil
+
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    folder = Path(folder)
+    (folder / "codes").mkdir(parents=True, exist_ok=True)
+    shutil.copytree(Path(tok.path).parent, folder / "tokenizer", dirs_exist_ok=True)
+    rows = []
+    for i, (t, split) in enumerate(zip(frames, splits)):
+        np.savez(folder / "codes" / f"s{i}.npz", **{k: rng.integers(0, 1024, (12, t)).astype(np.int16)
+                                                   for k in ("vocal", "accompaniment", "mix")})  # fmt: skip
+        segs = [{"label": "verse", "text": "la la la", "frame_start": 0, "frame_end": t // 2},
+                {"label": "chorus", "text": "sing with me", "frame_start": t // 2, "frame_end": t}]
+        rows.append({"id": f"s{i}", "split": split, "tags": "pop female", "frames": t, "segments": segs})
+    (folder / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def prepared_dir(tiny_tokenizer, tmp_path_factory):
+    return write_prepared(tmp_path_factory.mktemp("prepared"), tiny_tokenizer)
+
+
+@pytest.fixture
+def lm_cfg(prepared_dir, tmp_path):
+    """Factory: the tiny stage-1/2 config on the fixture folder, small blocks, run folder in tmp_path/run."""
+    from musiccore.config import load_config
+    from yue.lm.config import LMTrainConfig
+
+    def make(task="stage1", *overrides):
+        return load_config(LMTrainConfig, Path(__file__).parents[1] / "configs" / f"tiny_{task}.yaml",
+                           [f"data.prepared={prepared_dir}", f"run.dir={tmp_path / 'run'}", "data.block_size=256",
+                            "trainer.micro_batch=2", "trainer.log_every=1", "eval.max_blocks=4",
+                            "data.stage2_chunk_frames=100", *overrides])  # fmt: skip
+
+    return make
