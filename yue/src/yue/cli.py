@@ -1,7 +1,9 @@
 """Command line of the yue project: ``yue <subcommand> --help``.
 
-What exists now: the X-Codec and its token layout (``codec``, ``prepare``, codec training in ``train``, ``demo``).
-The stage-1 / stage-2 LMs (training and ``generate``/``eval``) come with a later issue.
+``codec`` (encode/decode/convert the X-Codec), ``prepare`` (songs -> codes and LM token sequences), ``train`` (the
+codec, or the stage-1 / stage-2 LMs: ``task: codec | stage1 | stage2``), ``generate`` (lyrics + genre -> song),
+``eval`` (generated songs against references), ``demo`` (all of it on tiny models, on a CPU). The logic lives in the
+library modules; this file parses arguments and calls them.
 """
 
 from __future__ import annotations
@@ -17,10 +19,9 @@ log = logging.getLogger("yue")
 AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg")
 
 EPILOG = """\
-status: the codec (X-Codec via transformers XcodecModel, converter from the released xcodec_mini_infer files, Vocos
-upsamplers), the codec-id layout, the tokenizer and the stage-1/stage-2 sequence builders exist. `yue train` trains
-the codec (configs/tiny.yaml on a CPU); training the stage-1/stage-2 LMs and `generate`/`eval` are not part of this
-version yet.
+pipeline: yue codec convert (released xcodec_mini_infer) -> yue prepare (songs -> codes, stage-1/stage-2 documents)
+-> yue train (task: stage1 | stage2) -> yue generate (lyrics + genre -> vocals.wav, instrumental.wav, mix.wav)
+-> yue eval. Every model is a local folder; nothing is downloaded.
 """
 
 
@@ -44,13 +45,32 @@ def _inputs(paths: list[str], suffixes: tuple[str, ...]) -> list[Path]:
     return out
 
 
-def _load_codec(path: str | None, preset: str):
+class CodecRequiredError(ValueError):
+    """A command that encodes or decodes audio was started without ``--codec`` and without ``--random-codec``."""
+
+
+def _load_codec(path: str | None, preset: str, random_codec: bool = False, command: str = "this command"):
+    """The codec of ``--codec``; a random-weight ``preset`` codec only when ``--random-codec`` says so explicitly
+    (random codes look like data but mean nothing, so a silent fallback would fill caches with noise)."""
     from yue.codec import XCodec, released_config, tiny_config
 
     if path:
+        if random_codec:
+            raise CodecRequiredError(f"{command}: give either --codec or --random-codec, not both")
         return XCodec.from_pretrained(path)
-    log.warning("no --codec given: using a RANDOMLY initialised %s codec (shapes only, no meaningful audio)", preset)
+    if not random_codec:
+        raise CodecRequiredError(
+            f"{command}: no --codec given; pass --codec DIR (a converted or trained codec folder), or --random-codec "
+            "to use random weights on purpose (shapes only, meaningless codes)"
+        )
+    log.warning("--random-codec: using a RANDOMLY initialised %s codec (shapes only, no meaningful audio)", preset)
     return XCodec(tiny_config() if preset == "tiny" else released_config())
+
+
+def _codec_info(args, codec) -> dict:
+    return {"path": str(Path(args.codec).resolve()) if args.codec else None,
+            "random": not args.codec, "preset": None if args.codec else args.preset, "n_q": codec.n_q,
+            "sample_rate": codec.sample_rate, "frame_rate": codec.cfg.frame_rate}  # fmt: skip
 
 
 # ---- codec ------------------------------------------------------------------------------------------------------
@@ -61,7 +81,7 @@ def cmd_codec_encode(args) -> int:
     from musiccore.runs import atomic_path
     from yue.codec import CodecInputError, prepare_waveform
 
-    codec = _load_codec(args.codec, args.preset)
+    codec = _load_codec(args.codec, args.preset, args.random_codec, "yue codec encode")
     files = _inputs(args.inputs, AUDIO_SUFFIXES)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
@@ -91,7 +111,7 @@ def cmd_codec_decode(args) -> int:
     from musiccore.audio import write_audio
     from yue.codec import CodecInputError
 
-    codec = _load_codec(args.codec, args.preset)
+    codec = _load_codec(args.codec, args.preset, args.random_codec, "yue codec decode")
     upsampler = None
     if args.upsampler != "none":
         if not args.codec:
@@ -141,38 +161,79 @@ def cmd_codec_convert(args) -> int:
 
 # ---- prepare ----------------------------------------------------------------------------------------------------
 def _tokenizer(path: str | None, songs=None, workdir: Path | None = None):
+    """``(tokenizer, info)``: ``tiny`` trains one on the songs' lyrics and tags into ``workdir`` (or reuses the one
+    already there, so a resumed ``yue prepare`` keeps its ids); else the given or released ``tokenizer.model``."""
     from yue.tokenizer import YuETokenizer, find_released_tokenizer, train_tiny_tokenizer
 
     if path == "tiny":
-        texts = [s.lyrics for s in songs or []] + [s.tags for s in songs or []]
-        return YuETokenizer(train_tiny_tokenizer(workdir / "tiny_tokenizer", texts))
+        model = Path(workdir) / "tokenizer.model"
+        if not (model.is_file() and model.with_name("layout.json").is_file()):
+            texts = [s.lyrics for s in songs or []] + [s.tags for s in songs or []]
+            model = train_tiny_tokenizer(workdir, texts)
+        tok = YuETokenizer(model)
+        return tok, {"kind": "tiny", "path": str(model.resolve()), "vocab_size": tok.vocab_size}
     p = path or find_released_tokenizer()
     if p is None:
         raise SystemExit("no tokenizer: pass --tokenizer PATH (or 'tiny'), or set $YUE_TOKENIZER")
-    return YuETokenizer(p)
+    tok = YuETokenizer(p)
+    return tok, {"kind": "file" if path else "released", "path": str(Path(p).resolve()), "vocab_size": tok.vocab_size}
 
 
 def cmd_prepare(args) -> int:
+    from musiccore.runs import data_dir
     from yue.prepare import prepare_songs
-    from yue.songs import load_songs
+    from yue.songs import SongLoadError, song_refs, synth_song
 
-    songs = load_songs(args.split, args.root, args.limit, allow_synth=args.allow_synth)
-    codec = _load_codec(args.codec, args.preset)
+    root = Path(args.root) if args.root else data_dir()
+    codec = _load_codec(args.codec, args.preset, args.random_codec, "yue prepare")
+    try:
+        songs = song_refs(args.split, root, args.limit)  # rows only: each song's audio is read in its turn
+    except SongLoadError:
+        if not args.allow_synth:
+            raise
+        songs = []
+    if not songs:
+        if not args.allow_synth:
+            raise SongLoadError(f"no data-kit songs under {root} (split {args.split}); build them with `make data`")
+        log.warning("no data-kit songs under %s: using synthesized songs (--allow-synth)", root)
+        songs = [synth_song(seed=i) for i in range(args.limit or 3)]
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
-    tok = _tokenizer(args.tokenizer, songs, out)
-    rep = prepare_songs(songs, codec, tok, out, chunk_s=args.chunk_s)
-    print(f"prepared {len(rep['done'])}, already there {len(rep['skipped'])}, failed {len(rep['failed'])} -> {out}")
-    for sid, why in rep["failed"]:
-        print(f"  failed {sid}: {why}")
-    return 1 if rep["failed"] else 0
+    tok, tok_info = _tokenizer(args.tokenizer, songs, out / "tokenizer")
+    codec_info = _codec_info(args, codec)
+    prev = out / "report.json"
+    if prev.is_file() and (out / "manifest.jsonl").is_file():  # resuming: never mix codecs or tokenizers
+        old = json.loads(prev.read_text())
+        for what, new in (("codec", codec_info), ("tokenizer", tok_info)):
+            if old.get(what, {}).get("path") != new["path"] or old.get(what, {}).get("random") != new.get("random"):
+                raise ValueError(f"{out}: holds songs prepared with {what} {old.get(what, {}).get('path')!r}, not "
+                                 f"{new['path']!r}; use another output folder")
+    log.info("prepare: %d songs from %s -> %s (codec %s, tokenizer %s)", len(songs), root, out,
+             args.codec or f"random {args.preset}", tok_info["path"])  # fmt: skip
+    rep = prepare_songs(songs, codec, tok, out, chunk_s=args.chunk_s, codec_info=codec_info,
+                        tokenizer_info=tok_info)  # fmt: skip
+    c = rep["counts"]
+    print(f"prepared {c['prepared']}, already there {c['already_there']}, failed {c['failed']} -> {out} "
+          f"(report: {out / 'report.json'})")  # fmt: skip
+    for f in rep["failures"]:
+        print(f"  failed {f['id']}: {f['reason']}")
+    return 1 if rep["failures"] else 0
 
 
 # ---- train ------------------------------------------------------------------------------------------------------
 def cmd_train(args) -> int:
     from musiccore.config import load_config
     from yue.codec.train import CodecTrainConfig, train_codec
+    from yue.lm.config import config_task
 
+    if config_task(args.config, args.overrides) in ("stage1", "stage2"):  # the LMs (yue.lm.train)
+        from yue.lm.config import LMTrainConfig
+        from yue.lm.train import train
+
+        lm_cfg = load_config(LMTrainConfig, args.config, args.overrides + (["run.fresh=true"] if args.fresh else []))
+        s = train(lm_cfg)
+        print(f"run folder: {s['run_dir']} (step {s['global_step']}, LM folder: {s.get('final', 'none: preempted')})")
+        return 0
     cfg = load_config(CodecTrainConfig, args.config, args.overrides)
     if cfg.task != "codec":
         raise SystemExit(f"task {cfg.task!r}: only the codec can be trained in this version (task: codec)")
@@ -184,8 +245,137 @@ def cmd_train(args) -> int:
 def cmd_demo(args) -> int:
     from yue.demo import run_demo
 
-    run_demo(steps=args.steps, codec_dir=args.codec, out_dir=args.output, seconds=args.seconds)
+    run_demo(steps=args.steps, codec_dir=args.codec, out_dir=args.output, seconds=args.seconds, lm_steps=args.lm_steps,
+             sections=args.sections, section_tokens=args.section_tokens, max_songs=args.max_songs)  # fmt: skip
     return 0
+
+
+# ---- eval -------------------------------------------------------------------------------------------------------
+def cmd_eval(args) -> int:
+    from yue.evaluate import EvalConfig, evaluate
+
+    cfg = EvalConfig(layer=args.layer, window_s=args.window_s, batch_size=args.batch_size, device=args.device,
+                     normalize=args.normalize, vocal_voiced_ratio=args.vocal_threshold,
+                     tokenizer=args.tokenizer)  # fmt: skip
+    out = Path(args.out) if args.out else Path(args.generated) / "eval"
+    rep = evaluate(args.generated, args.reference, args.embedder, cfg, out_dir=out)
+    sm, fr = rep["summary"], rep["frechet"]
+    if fr is not None:
+        print(f"Fréchet distance: {'n/a' if fr['value'] is None else format(fr['value'], '.4g')} "
+              f"({fr['n_generated']} generated vs {fr['n_reference']} reference songs)")  # fmt: skip
+    print(f"songs {sm['songs']} evaluated, {sm['skipped']} skipped; sections {sm['sections_present']}/"
+          f"{sm['sections_requested']}; codes ok in {sm['songs_codes_ok']}/{sm['songs']} songs -> "
+          f"{out / 'eval.md'}, {out / 'eval.json'}")  # fmt: skip
+    for x in rep["skipped"]:
+        print(f"  skipped {x['path']}: {x['reason']}")
+    return 1 if rep["skipped"] or rep["reference_skipped"] else 0
+
+
+def _add_eval_parser(sub) -> None:
+    ev = sub.add_parser(
+        "eval",
+        help="evaluate generated songs: Fréchet distance, sections, vocal presence, codes -> eval.md + eval.json",
+        description="Evaluate a folder of generated song folders (or one song folder). Structural checks always; "
+        "with --reference and --embedder also the Fréchet distance between song embeddings (mean-pooled frame "
+        "features of a local transformers.HubertModel folder, e.g. one written by `mert export-hf`). Bad song "
+        "folders are skipped and listed (exit code 1).",
+    )
+    ev.add_argument("generated", help="folder of generated song folders (each with song.json), or one song folder")
+    ev.add_argument("--reference", default=None, help="folder of reference audio (recursive) or of song folders")
+    ev.add_argument("--embedder", default=None, help="local transformers.HubertModel folder (config.json + weights)")
+    ev.add_argument("--layer", default="-1",
+                    help="hidden state to pool: index (0 = encoder input, -1 = last) or 'mean'")  # fmt: skip
+    ev.add_argument("--window-s", type=float, default=10.0, help="audio per embedder forward pass (s)")
+    ev.add_argument("--batch-size", type=int, default=4, help="windows per forward pass")
+    ev.add_argument("--device", default="cpu")
+    ev.add_argument("--normalize", action="store_true", default=None,
+                    help="zero-mean/unit-variance per window (default: preprocessor_config.json)")  # fmt: skip
+    ev.add_argument("--vocal-threshold", type=float, default=0.2,
+                    help="a section has vocals when this fraction of its frames is voiced (pYIN)")  # fmt: skip
+    ev.add_argument("--tokenizer", default=None,
+                    help="tokenizer.model that reads stage1_ids.npy (default: the one song.json names, else the "
+                    "released one)")  # fmt: skip
+    ev.add_argument("--out", default=None, help="report folder (default GENERATED/eval)")
+    ev.set_defaults(func=cmd_eval)
+
+
+# ---- generate ---------------------------------------------------------------------------------------------------
+def cmd_generate(args) -> int:
+    from yue.generate import GenerateInputError, SongRequest, generate_batch, generate_song, load_generate_config
+    from yue.generate.request import AudioPrompt
+
+    ov = list(args.overrides)
+    for key in ("stage1", "stage2", "codec", "upsampler", "tokenizer"):
+        if getattr(args, key) is not None:
+            ov.append(f"models.{key}={getattr(args, key)}")
+    if args.strict_tags:
+        ov.append("unknown_tags=error")
+    if args.device:
+        ov.append(f"device={args.device}")
+    cfg = load_generate_config(args.config, ov)
+    if args.batch:
+        try:
+            i, n = (int(x) for x in args.shard.split("/"))
+        except ValueError:
+            raise GenerateInputError(f"--shard {args.shard!r}: expected i/n, e.g. 0/4") from None
+        rep = generate_batch(args.batch, args.out, cfg, shard=(i, n))
+        print(f"generated {len(rep['done'])}, already there {len(rep['skipped'])}, failed {len(rep['failed'])} "
+              f"-> {args.out}")  # fmt: skip
+        for name, why in rep["failed"]:
+            print(f"  failed {name}: {why}")
+        return 1 if rep["failed"] else 0
+    if args.genre is None or args.lyrics is None:
+        raise GenerateInputError("--genre and --lyrics are required (or --batch requests.jsonl)")
+    prompt = None
+    if args.audio_prompt or args.vocal_prompt or args.instrumental_prompt:
+        if args.audio_prompt and (args.vocal_prompt or args.instrumental_prompt):
+            raise GenerateInputError("give --audio-prompt OR --vocal-prompt with --instrumental-prompt, not both")
+        if not args.audio_prompt and not (args.vocal_prompt and args.instrumental_prompt):
+            raise GenerateInputError("a dual-track prompt needs both --vocal-prompt and --instrumental-prompt")
+        paths = [args.audio_prompt] if args.audio_prompt else [args.vocal_prompt, args.instrumental_prompt]
+        prompt = AudioPrompt(paths, args.prompt_start, args.prompt_end)
+    req = SongRequest(args.genre, args.lyrics, args.sections, prompt, args.tracks, args.seed)
+    song = generate_song(req, args.out, cfg)
+    t = song["timings"]
+    print(f"{args.out}: {len(song['sections'])} sections, {song['sections'][-1]['end_s']:.1f} s at "
+          f"{song['sample_rate']} Hz (stage1 {t['stage1_s']:.1f} s, stage2 {t['stage2_s']:.1f} s, "
+          f"decode {t['decode_s']:.1f} s)")  # fmt: skip
+    return 0
+
+
+def _add_generate_parser(sub) -> None:
+    g = sub.add_parser(
+        "generate",
+        help="lyrics + genre -> song (stage 1, stage 2, codec, upsamplers): vocals/instrumental/mix wav + song.json",
+        description="Generate a song from local model folders (nothing is downloaded). Settings come from --config "
+        "(a YAML of yue.generate.GenerateConfig) and key=value overrides; the folder flags override models.*. "
+        "Rerunning into the same --out resumes an interrupted run. --batch runs a jsonl of requests "
+        "({genre, lyrics, n_sections, audio_prompt: {paths, start, end}, tracks, seed, id}), one folder each.",
+    )
+    g.add_argument("--genre", help="tags (space-separated, see top_200_tags.json) or a file holding them")
+    g.add_argument("--lyrics", help="lyrics file with [verse]/[chorus]/... labels (or the text itself)")
+    g.add_argument("--audio-prompt", help="ICL reference (single track: mix or one stem); needs an -icl stage 1")
+    g.add_argument("--vocal-prompt", help="dual-track ICL reference: vocal stem (with --instrumental-prompt)")
+    g.add_argument("--instrumental-prompt", help="dual-track ICL reference: instrumental stem")
+    g.add_argument("--prompt-start", type=float, default=0.0, help="prompt window start (s)")
+    g.add_argument("--prompt-end", type=float, default=30.0, help="prompt window end (s)")
+    g.add_argument("--sections", type=int, default=None, help="generate the first N sections (default: all)")
+    g.add_argument("--tracks", choices=["both", "instrumental", "vocal"], default="both",
+                   help="instrumental: vocal positions forced to silence, no vocal files; vocal: the reverse")  # fmt: skip
+    g.add_argument("--seed", type=int, default=42)
+    g.add_argument("--out", required=True, help="output folder (batch: one sub-folder per request)")
+    g.add_argument("--config", default=None, help="YAML of generation settings (see configs/generate_tiny.yaml)")
+    g.add_argument("--stage1", default=None, help="stage-1 LM folder")
+    g.add_argument("--stage2", default=None, help="stage-2 LM folder")
+    g.add_argument("--codec", default=None, help="converted codec folder")
+    g.add_argument("--upsampler", default=None, help="folder with the Vocos upsamplers (44.1 kHz); default: 16 kHz")
+    g.add_argument("--tokenizer", default=None, help="tokenizer.model (default: the stage-1 folder's, else released)")
+    g.add_argument("--device", default=None, help="auto | cpu | cuda[:i]")
+    g.add_argument("--strict-tags", action="store_true", help="unknown tag words are an error (default: a warning)")
+    g.add_argument("--batch", default=None, help="jsonl of requests (one folder each under --out)")
+    g.add_argument("--shard", default="0/1", help="i/n: this job takes rows i, i+n, ... (Slurm arrays)")
+    g.add_argument("overrides", nargs="*", help="key=value settings, e.g. stage1.max_new_tokens=600")
+    g.set_defaults(func=cmd_generate)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -196,14 +386,17 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("-v", "--verbose", action="store_true")
-    sub = parser.add_subparsers(dest="command", metavar="{codec,prepare,train,demo}")
+    sub = parser.add_subparsers(dest="command", metavar="{codec,prepare,train,demo,eval,generate}")
 
     codec = sub.add_parser("codec", help="X-Codec: encode audio to codes, decode codes, convert released weights")
     csub = codec.add_subparsers(dest="codec_command", metavar="{encode,decode,convert}")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--codec", help="converted codec folder (yue codec convert / a training checkpoint)")
     common.add_argument("--preset", choices=["tiny", "released"], default="tiny",
-                        help="random-weight codec when --codec is not given (shapes only)")  # fmt: skip
+                        help="shape of the --random-codec codec")  # fmt: skip
+    common.add_argument("--random-codec", action="store_true",
+                        help="use a randomly initialised --preset codec instead of --codec (shapes only; the codes "
+                        "mean nothing). Without --codec this flag is required.")  # fmt: skip
     enc = csub.add_parser("encode", parents=[common], help="audio files/folders -> <stem>.npy codes [K, T] (int16)")
     enc.add_argument("inputs", nargs="+", help="audio files or folders (wav/flac/mp3/ogg; any rate, any channels)")
     enc.add_argument("-o", "--output", required=True, help="output folder")
@@ -229,32 +422,45 @@ def build_parser() -> argparse.ArgumentParser:
     prep = sub.add_parser("prepare", parents=[common],
                           help="data-kit songs -> codec tokens + stage-1/stage-2 token sequences cache")  # fmt: skip
     prep.add_argument("-o", "--output", required=True)
-    prep.add_argument("--root", default=None, help="data-kit root (default $MUSIC_DATA_DIR)")
+    prep.add_argument("--root", default=None,
+                      help="data-kit root (default: musiccore.runs.data_dir(): $MUSIC_DATA_DIR, else the checkout's "
+                      "data/kit where `make data` builds it)")  # fmt: skip
     prep.add_argument("--split", default=None)
     prep.add_argument("--limit", type=int, default=None)
-    prep.add_argument("--tokenizer", default=None, help="tokenizer.model path, or 'tiny' (default: released one)")
+    prep.add_argument("--tokenizer", default=None,
+                      help="tokenizer.model path, or 'tiny' (trained on the songs, written to OUTPUT/tokenizer/; "
+                      "default: the released one)")  # fmt: skip
     prep.add_argument("--chunk-s", type=float, default=30.0)
     prep.add_argument("--allow-synth", action="store_true", help="use synthesized songs when the kit has none")
     prep.set_defaults(func=cmd_prepare)
 
     tr = sub.add_parser(
         "train",
-        help="train the codec (configs/tiny.yaml); LM stages: not in this version",
-        description="Train the X-Codec (task: codec; configs/tiny.yaml on a CPU, configs/xcodec.yaml at released size). "
-        "Relaunching the same command resumes from <run_dir>/checkpoint. Training the stage-1/stage-2 LM stages "
-        "is not in this version (a later issue).",
+        help="train the codec (task: codec) or the stage-1 / stage-2 LMs (task: stage1 | stage2)",
+        description="Train the X-Codec (task: codec; configs/tiny.yaml on a CPU, configs/xcodec.yaml at released size) "
+        "or the stage-1 / stage-2 LM stages on a `yue prepare` folder (task: stage1 | stage2; configs/tiny_stage1.yaml, tiny_stage2.yaml on "
+        "a CPU; stage1_7b.yaml, stage1_7b_lora.yaml, stage2_1b.yaml on GPUs). Relaunching the same command resumes "
+        "from the run folder's newest checkpoint.",
     )
     tr.add_argument("--config", required=True)
     tr.add_argument("--fresh", action="store_true", help="clear the run folder instead of resuming")
     tr.add_argument("overrides", nargs="*", help="key=value overrides, e.g. trainer.max_steps=20")
     tr.set_defaults(func=cmd_train)
 
-    demo = sub.add_parser("demo", help="tiny codec + tokenizer end to end on a data-kit song (a few minutes, CPU)")
-    demo.add_argument("--steps", type=int, default=100, help="codec training steps when no --codec is given")
+    demo = sub.add_parser("demo", help="the whole path on tiny models: codec, prepare, stage-1/2 LMs, generate a "
+                          "song, eval (a few minutes, CPU)")  # fmt: skip
+    demo.add_argument("--steps", type=int, default=300, help="codec training steps when no --codec is given (before ~250 "
+                      "steps dead codes are not restarted yet and codebook 0 uses only a few codes)")
     demo.add_argument("--codec", default=None, help="use this trained codec instead of training one")
-    demo.add_argument("--seconds", type=float, default=8.0, help="length of the song excerpt")
+    demo.add_argument("--seconds", type=float, default=8.0, help="length of the excerpt the codec reconstructs")
+    demo.add_argument("--lm-steps", type=int, default=40, help="training steps of each tiny LM")
+    demo.add_argument("--sections", type=int, default=2, help="sections of the generated song")
+    demo.add_argument("--section-tokens", type=int, default=400, help="stage-1 ids per section at most (100 = 1 s)")
+    demo.add_argument("--max-songs", type=int, default=16, help="training songs to prepare at most")
     demo.add_argument("-o", "--output", default=None, help="output folder (default $MUSIC_RUNS_DIR/yue-demo)")
     demo.set_defaults(func=cmd_demo)
+    _add_eval_parser(sub)
+    _add_generate_parser(sub)
     return parser
 
 

@@ -73,7 +73,9 @@ class Stage2Settings:
         temperature / top_p: sampling settings when ``greedy`` is false.
         codebook_mask: step j of a frame may only emit a code of codebook j (ours). False = upstream's joint range
             of codebooks 1..7 (needed to reproduce upstream's tokens).
-        chunk_frames: frames per chunk (300 = 6 s, as trained).
+        chunk_frames: frames per chunk, as the stage-2 LM was trained (released: 300 = 6 s). ``null`` (default) =
+            ``stage2_chunk_frames`` from the stage-2 folder's ``yue_lm.json`` (our training writes it; the tiny
+            config trains on 100-frame chunks), else 300.
         batch_chunks: chunks decoded together at most (0 = all chunks of both tracks in one batch). The peak memory
             of stage 2 is bounded by this, not by the song length.
     """
@@ -82,11 +84,11 @@ class Stage2Settings:
     temperature: float = 1.0
     top_p: float = 1.0
     codebook_mask: bool = True
-    chunk_frames: int = 300
+    chunk_frames: int | None = None
     batch_chunks: int = 0
 
     def __post_init__(self):
-        if self.chunk_frames < 1 or self.batch_chunks < 0:
+        if (self.chunk_frames is not None and self.chunk_frames < 1) or self.batch_chunks < 0:
             raise SettingsError("stage2.chunk_frames must be >= 1 and stage2.batch_chunks >= 0")
         if self.temperature <= 0 or not 0.0 < self.top_p <= 1.0:
             raise SettingsError("stage2.temperature must be > 0 and stage2.top_p in (0, 1]")

@@ -88,6 +88,10 @@ def prepare_request(req: SongRequest, cfg: GenerateConfig, tok=None) -> Prepared
     if cfg.models.stage1 is None or cfg.models.stage2 is None or cfg.models.codec is None:
         missing = [k for k in ("stage1", "stage2", "codec") if getattr(cfg.models, k) is None]
         raise GenerateInputError(f"model folders missing: {missing} (config models.* or --stage1/--stage2/--codec)")
+    if cfg.stage2.chunk_frames is None:  # as the stage-2 LM was trained (resolved in place, so song.json records it)
+        from yue.lm.model import lm_info
+
+        cfg.stage2.chunk_frames = int(lm_info(cfg.models.stage2).get("stage2_chunk_frames") or 300)
     tok = tok or load_tokenizer_for(cfg.models.stage1, cfg.models.tokenizer)
     head = tok.tokenize(head_text(genre, sections))
     prompts = [stage1_section_prompt(tok, s, True) for s in sections[:n]]

@@ -522,7 +522,7 @@ def evaluate_lm(folder: str | Path, cfg: LMTrainConfig, data: PreparedData, buil
     every = {k: [] for k in ("target", "prev", "logp", "hit")}
     for split in list(cfg.data.eval_splits) + ["all"]:
         if split == "all":
-            if len(cfg.data.eval_splits) < 2:
+            if len(cfg.data.eval_splits) < 2 or not every["target"]:  # one split, or no held-out song at all
                 break
             sc = {k: np.concatenate(v) for k, v in every.items()}
             n_songs = sum(len(data.split(s)) for s in cfg.data.eval_splits)
