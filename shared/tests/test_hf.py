@@ -85,3 +85,21 @@ def test_last_checkpoint_skips_incomplete(tmp_path):
     (tmp_path / "checkpoint-4" / "trainer_state.json").write_text("{}")
     (tmp_path / "checkpoint-10").mkdir()  # interrupted save: no trainer_state.json
     assert last_checkpoint(tmp_path).endswith("checkpoint-4")
+
+
+def test_rank_info_and_precision(monkeypatch):
+    from musiccore.hf import rank_info, resolve_precision
+
+    for var in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "SLURM_PROCID", "SLURM_LOCALID", "SLURM_NTASKS"):
+        monkeypatch.delenv(var, raising=False)
+    assert rank_info() == (0, 0, 1)
+    monkeypatch.setenv("SLURM_PROCID", "5")
+    monkeypatch.setenv("SLURM_LOCALID", "1")
+    monkeypatch.setenv("SLURM_NTASKS", "8")
+    assert rank_info() == (5, 1, 8)
+    monkeypatch.setenv("RANK", "3")  # torchrun's variables win over Slurm's
+    assert rank_info()[0] == 3
+    assert resolve_precision("fp16") == "fp16"
+    import torch
+
+    assert resolve_precision("auto") == ("fp32" if not torch.cuda.is_available() else resolve_precision("auto"))

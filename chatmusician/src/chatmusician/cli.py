@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from musiccore.hf import setup_logging
 
-    from .train import rank_info
+    from musiccore.hf import rank_info
 
     setup_logging(None, rank_info()[0])  # plain lines on stderr (rank 0); `train` adds the run's log file
     try:

@@ -26,20 +26,13 @@ from pathlib import Path
 import torch
 
 from musiccore.config import config_hash, to_dict
+from musiccore.hf import rank_info
+from musiccore.hf import resolve_precision as _resolve_precision
 from musiccore.runs import atomic_write_json, cache_dir, prepare_run_dir, runs_root
 
 from .config import ChatMusicianConfig, DeepSpeedConfig, LoraConfig
 
 log = logging.getLogger(__name__)
-
-
-def rank_info() -> tuple[int, int, int]:
-    """(global rank, local rank, world size) from torchrun's or Slurm's environment."""
-    env = os.environ
-    rank = int(env.get("RANK", env.get("SLURM_PROCID", 0)))
-    local = int(env.get("LOCAL_RANK", env.get("SLURM_LOCALID", 0)))
-    world = int(env.get("WORLD_SIZE", env.get("SLURM_NTASKS", 1)))
-    return rank, local, world
 
 
 def run_dir_of(cfg: ChatMusicianConfig) -> Path:
@@ -49,13 +42,8 @@ def run_dir_of(cfg: ChatMusicianConfig) -> Path:
 
 
 def resolve_precision(cfg: ChatMusicianConfig) -> str:
-    """``auto``: bf16 on a GPU that supports it, else fp16 on GPU, fp32 on CPU."""
-    p = cfg.trainer.precision
-    if p != "auto":
-        return p
-    if torch.cuda.is_available():
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "fp32"
+    """``trainer.precision``, with ``auto`` resolved (bf16 on a GPU that supports it, fp16 otherwise, fp32 on CPU)."""
+    return _resolve_precision(cfg.trainer.precision)
 
 
 def resolve_attention(cfg: ChatMusicianConfig) -> str:

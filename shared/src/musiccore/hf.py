@@ -5,12 +5,14 @@
 - :class:`PreemptionCallback`: on SIGUSR1/SIGTERM (Slurm's warning signal, or torchrun forwarding a
   SIGTERM) finish the current step, save a checkpoint and stop, so the requeued job resumes.
 - :func:`last_checkpoint`: the newest complete ``checkpoint-<step>`` folder, for ``resume_from_checkpoint``.
+- :func:`rank_info`, :func:`resolve_precision`: the process's place in a torchrun/Slurm job, and ``auto`` precision.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
 import signal
 import time
 from pathlib import Path
@@ -150,3 +152,23 @@ def setup_logging(run_dir: str | Path | None = None, rank: int = 0, level: int =
         fh.setFormatter(fmt)
         fh._musiccore = True  # type: ignore[attr-defined]
         root.addHandler(fh)
+
+
+def rank_info() -> tuple[int, int, int]:
+    """(global rank, local rank, world size) from torchrun's or Slurm's environment ((0, 0, 1) when alone)."""
+    env = os.environ
+    rank = int(env.get("RANK", env.get("SLURM_PROCID", 0)))
+    local = int(env.get("LOCAL_RANK", env.get("SLURM_LOCALID", 0)))
+    world = int(env.get("WORLD_SIZE", env.get("SLURM_NTASKS", 1)))
+    return rank, local, world
+
+
+def resolve_precision(precision: str) -> str:
+    """``auto`` -> ``bf16`` on a GPU that supports it, ``fp16`` on an older GPU, ``fp32`` on a CPU; else unchanged."""
+    if precision != "auto":
+        return precision
+    import torch
+
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "fp32"

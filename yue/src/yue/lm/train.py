@@ -35,6 +35,8 @@ import numpy as np
 import torch
 
 from musiccore.config import config_hash, to_dict
+from musiccore.hf import rank_info
+from musiccore.hf import resolve_precision as _resolve_precision
 from musiccore.runs import atomic_write_json, cache_dir, prepare_run_dir, runs_root
 from yue.lm.config import LMTrainConfig
 from yue.lm.data import (IGNORE_INDEX, BlockStream, Collator, DocumentBuilder, PreparedData, eval_blocks,
@@ -46,15 +48,6 @@ log = logging.getLogger(__name__)
 __all__ = ["train", "evaluate_lm", "run_dir_of", "deepspeed_dict", "build_model", "check_init_from", "ngram_scores"]
 
 
-def rank_info() -> tuple[int, int, int]:
-    """(global rank, local rank, world size) from torchrun's or Slurm's environment."""
-    env = os.environ
-    rank = int(env.get("RANK", env.get("SLURM_PROCID", 0)))
-    local = int(env.get("LOCAL_RANK", env.get("SLURM_LOCALID", 0)))
-    world = int(env.get("WORLD_SIZE", env.get("SLURM_NTASKS", 1)))
-    return rank, local, world
-
-
 def run_dir_of(cfg: LMTrainConfig) -> Path:
     if cfg.run.dir:
         return Path(cfg.run.dir)
@@ -63,13 +56,8 @@ def run_dir_of(cfg: LMTrainConfig) -> Path:
 
 
 def resolve_precision(cfg: LMTrainConfig) -> str:
-    """``auto``: bf16 on a GPU that supports it (fp16 otherwise), fp32 on CPU."""
-    p = cfg.trainer.precision
-    if p != "auto":
-        return p
-    if torch.cuda.is_available():
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "fp32"
+    """``trainer.precision``, with ``auto`` resolved (bf16 on a GPU that supports it, fp16 otherwise, fp32 on CPU)."""
+    return _resolve_precision(cfg.trainer.precision)
 
 
 def resolve_attention(cfg: LMTrainConfig) -> str:
