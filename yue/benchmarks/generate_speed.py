@@ -159,6 +159,10 @@ def main() -> None:
           f"{m1.config.vocab_size}; {len(secs)} sections x {args.section_tokens} ids (CFG 1.5/1.2, rep. penalty 1.1)")  # fmt: skip
 
     clock = "wall s" if args.device.startswith("cuda") else "CPU s"
+    # warm-up of both pipelines on a 1-section, 4-id plan: one-time costs (first kernels, allocator) stay out of both
+    warm = Stage1Plan(plan.head, plan.prompts[:1], plan.end_of_segment, plan.eoa)
+    st_warm = Stage1Settings(greedy=True, min_new_tokens=4, max_new_tokens=4)
+    run_stage1(m1, layout, warm, st_warm), upstream_stage1(m1, layout, warm, st_warm)
     ours1, t_ours1 = _timed(lambda: run_stage1(m1, layout, plan, st1), args.device)
     up1, t_up1 = _timed(lambda: upstream_stage1(m1, layout, plan, st1), args.device)
     assert ours1.sections == up1, "stage 1: the pipelines emitted different tokens"

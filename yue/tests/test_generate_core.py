@@ -125,10 +125,10 @@ def test_context_overflow_drops_old_sections_and_keeps_the_head(models, tiny_tok
     feeds = []
     real = s1.forward_step
 
-    def spy(model, ids, cache, start, q0, chunk=1024):
+    def spy(model, ids, cache, start, q0, chunk=1024, **kw):
         if ids.shape[1] > 1:
             feeds.append((q0, ids[0].tolist()))
-        return real(model, ids, cache, start, q0, chunk)
+        return real(model, ids, cache, start, q0, chunk, **kw)
 
     monkeypatch.setattr(s1, "forward_step", spy)
     res = run_stage1(m1, layout, plan, st)
@@ -154,3 +154,29 @@ def test_stage1_sections_are_whole_frames_of_codebook0(models, tiny_tokenizer):
         body = np.asarray(sec[:-1])
         assert sec[-1] == layout.id("<EOA>") and len(body) % 2 == 0 and 6 <= len(body) <= 24
         assert ((body >= lo) & (body < hi)).all()
+
+
+def test_preallocated_cache_matches_dynamic_cache_and_grows(models, tiny_tokenizer):
+    """The in-place KV cache (no per-step torch.cat) gives DynamicCache's logits, also past its initial capacity."""
+    from transformers import DynamicCache
+
+    from yue.generate.lmstep import DecodeMask, PreallocatedCache, forward_step, visible_mask
+
+    m1, _ = models
+    torch.manual_seed(0)
+    ids = torch.randint(0, 1000, (2, 12))
+    start = torch.tensor([0, 9])  # row 1 sees only from position 9 on (the CFG branch's layout)
+    dyn, pre = DynamicCache(config=m1.config), PreallocatedCache(m1.config, 4)  # capacity 4: must grow while decoding
+    dec = DecodeMask(start, 16)  # steps 12..15 use its views, 16..19 (past its 16 keys) fall back to visible_mask
+    a, b = forward_step(m1, ids, dyn, start, 0), forward_step(m1, ids, pre, start, 0)
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+    for q0 in range(12, 20):
+        step = torch.randint(0, 1000, (1, 1)).expand(2, 1)
+        a, b = forward_step(m1, step, dyn, start, q0), forward_step(m1, step, pre, start, q0, decode=dec)
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+    assert pre.get_seq_length() == dyn.get_seq_length() == 20
+    assert pre.layers[0].capacity == 4 and pre.layers[0]._k.shape[-2] >= 20  # it grew instead of failing
+    for q0 in (9, 10, 12):  # DecodeMask serves visible_mask's decode masks as views of one tensor
+        m, p = DecodeMask(start, 32).at(q0)
+        m2, p2 = visible_mask(start, q0, 1)
+        assert torch.equal(m, m2) and torch.equal(p, p2)

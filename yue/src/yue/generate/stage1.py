@@ -9,6 +9,9 @@ The algorithm and sampling are upstream's (``inference/infer.py``, spec ``yue.md
   ``UnbatchedClassifierFreeGuidanceLogitsProcessor``; then transformers' own processors in HF's order
   (repetition penalty over the context, min-new-tokens, our :class:`~yue.generate.masks.Stage1Mask`, temperature,
   top-k, top-p);
+- **a preallocated KV cache** (:class:`~yue.generate.lmstep.PreallocatedCache`, sized for the whole song): keys and
+  values are written in place, where ``DynamicCache`` concatenates every layer's whole history each step; decode
+  masks are views of one tensor per section (:class:`~yue.generate.lmstep.DecodeMask`); ``inference_mode``;
 - **every requested section** is generated (upstream: one fewer);
 - **context overflow** drops the oldest whole sections and keeps the head (upstream keeps the last tokens and loses
   the genre/lyrics head); the cache is then re-filled once.
@@ -26,7 +29,7 @@ import torch
 from transformers import RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
 from yue.generate.config import Stage1Settings
-from yue.generate.lmstep import forward_step
+from yue.generate.lmstep import DecodeMask, PreallocatedCache, forward_step
 from yue.generate.masks import Stage1Mask
 from yue.generate.request import GenerateInputError
 
@@ -114,7 +117,7 @@ class _Progress:
         return time.perf_counter() - self.t0
 
 
-@torch.no_grad()
+@torch.inference_mode()  # like no_grad, minus autograd's per-op version-counter bookkeeping (every step counts)
 def run_stage1(
     model,
     layout,
@@ -152,6 +155,9 @@ def run_stage1(
     warpers = _sampler(settings)
     penalty = RepetitionPenaltyLogitsProcessor(settings.repetition_penalty) if settings.repetition_penalty != 1.0 else None
     t_total, new_total = 0.0, 0
+    # an upper bound of the whole song's length (head, every section at max_new_tokens + <EOA>, markers)
+    per_section = settings.max_new_tokens + 1 + len(plan.end_of_segment)
+    song_len = len(plan.head) + sum(len(p) + per_section for p in plan.prompts)
     for k in range(len(plan.prompts)):
         # ---- context: keep the head, drop the oldest whole sections until the section fits
         kept = [j for j in kept] + ([k - 1] if k > 0 and (k - 1) not in kept else [])
@@ -171,14 +177,13 @@ def run_stage1(
             if cached:
                 log.info("stage1 section %d: context full, dropped sections -> keeping %s, re-filling the cache", k, kept)
             cache, cached = None, []
-        if cache is None:
-            from transformers import DynamicCache
-
-            cache = DynamicCache(config=model.config)
+        if cache is None:  # sized for the whole song (keys written in place; no per-step copy of the history)
+            cache = PreallocatedCache(model.config, min(max_ctx, song_len) + 1)
         t0 = time.perf_counter()
         scale = settings.guidance_first if k == 0 else settings.guidance_later
         u0 = len(ctx) - 1  # the unconditional branch starts at the last prompt token (<xcodec>)
         start = torch.tensor([0, u0][:rows], device=device)
+        decode = DecodeMask(start, max_ctx + 1, device)
         feed = torch.tensor([ctx[len(cached) :]], device=device).expand(rows, -1)
         logits = forward_step(model, feed, cache, start, len(cached))
         cached = list(ctx)
@@ -218,7 +223,7 @@ def run_stage1(
                 break
             # both rows take the sampled token (the unconditional branch continues from its own history)
             step.fill_(tok)
-            logits = forward_step(model, step, cache, start, len(cached))
+            logits = forward_step(model, step, cache, start, len(cached), decode=decode)
             cached.append(tok)
         if out[-1] != plan.eoa:
             out.append(plan.eoa)  # upstream closes a section that hit max_new_tokens
