@@ -207,7 +207,6 @@ def test_resume_after_kill(prepared_dir, tmp_path):
     assert [r["step"] for r in rows if "loss" in r] == list(range(n + 1, 17))  # the relaunch trains only the rest
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("stage", [2, 3])
 def test_deepspeed_zero_two_steps(prepared_dir, tmp_path, stage):
     """ZeRO-2 / ZeRO-3 on CPU over gloo, one process, two steps of the tiny stage-1 config; asserts that the
