@@ -3,8 +3,8 @@
 #   make demo    set up, build the offline data kit, run each project's main job on its tiny default
 #   make test    set up, run the default (CPU) test suite of shared/ and every project
 #
-# Other targets: setup data test-slurm test-slow handoff lint train-<project>. Each project folder has the same
-# targets on its own (make -C mert train CONFIG=configs/tiny.yaml ARGS="optim.lr=1e-3").
+# Other targets: setup lock lock-check data test-slurm test-slow handoff lint train-<project>. Each project folder
+# has the same targets on its own (make -C mert train CONFIG=configs/tiny.yaml ARGS="optim.lr=1e-3").
 
 SHELL := /bin/bash
 PROJECTS := mert chatmusician yue
@@ -14,13 +14,25 @@ PYTEST_ARGS ?=
 export MUSIC_DATA_DIR ?= $(CURDIR)/data/kit
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup install data demo test test-shared test-slurm test-slow handoff lint clean $(addprefix test-,$(PROJECTS))
+.PHONY: setup install lock lock-check data demo test test-shared test-slurm test-slow test-fairseq handoff lint clean $(addprefix test-,$(PROJECTS))
 
 setup install:
-	@bash shared/scripts/setup.sh --venv $(VENV) shared $(PROJECTS)
+	@bash shared/scripts/setup.sh --venv $(VENV) --lock requirements.lock shared $(PROJECTS)
 
+# The locks (requirements.lock here and in each project; shared/scripts/lock.py): `make lock` rewrites them from the
+# pyprojects keeping the old pins that still fit (UPGRADE=1: newest allowed); `make lock-check` (the first step of
+# `make test`) fails when a pyproject's dependencies changed without `make lock`.
+lock:
+	$(if $(wildcard $(PY)),$(PY),python3) shared/scripts/lock.py compile $(if $(UPGRADE),--upgrade)
+
+lock-check:
+	@python3 shared/scripts/lock.py check
+
+# SONGS: sung songs in the kit. Unset: as many as the kit already has, 20 for a new kit (fast `make demo`); the
+# LMs want more: `make data SONGS=300` (parallel and resumable; time in README "data kit").
+SONGS ?=
 data: setup
-	$(PY) -m musiccore.data build --root "$(MUSIC_DATA_DIR)"
+	$(PY) -m musiccore.data build --root "$(MUSIC_DATA_DIR)" $(if $(SONGS),--songs $(SONGS))
 
 demo: data
 	@for p in $(PROJECTS); do \
@@ -28,7 +40,7 @@ demo: data
 	  $(MAKE) --no-print-directory -C $$p demo VENV=$(VENV) || exit 1; \
 	done
 
-test: setup
+test: lock-check setup
 	@rc=0; \
 	( cd shared && $(PY) -m pytest -q $(PYTEST_ARGS) ) || rc=1; \
 	for p in $(PROJECTS); do ( cd $$p && $(PY) -m pytest -q $(PYTEST_ARGS) ) || rc=1; done; \
@@ -36,6 +48,11 @@ test: setup
 
 test-slow: PYTEST_ARGS += --runslow
 test-slow: test
+
+# MERT's converter against real fairseq (optional extra; its wheel is built once into $MUSIC_CACHE_DIR/wheels and
+# reused; skips with a printed reason when it cannot be built). A CI step of its own: make test-fairseq
+test-fairseq: setup
+	$(MAKE) --no-print-directory -C mert test-fairseq VENV=$(VENV)
 
 # Starts the local single-node Slurm (as root), then runs the tests marked slurm.
 test-slurm: setup

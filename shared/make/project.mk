@@ -3,7 +3,7 @@
 #   PROJECT := mert
 #   include ../shared/make/project.mk
 #
-# Targets: install test demo train train-slurm lint handoff (plus data, test-slow, test-slurm).
+# Targets: install test demo train train-slurm lint handoff (plus data, lock, lock-check, test-slow, test-slurm).
 # Variables: CONFIG=<yaml> picks a config, ARGS="key=value ..." passes overrides, VENV=<dir> the environment,
 # NPROC=<n> processes for `make train` (default: the number of local GPUs, 1 without one).
 # Inside the monorepo the root .venv is used; a project folder taken alone (make handoff) builds its own.
@@ -21,19 +21,28 @@ export MUSIC_DATA_DIR ?= $(REPO)/data/kit
 export MUSIC_RUNS_DIR ?= $(PROJECT_DIR)/runs
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install setup test test-slow test-slurm demo train train-slurm lint handoff data help
+.PHONY: install setup lock lock-check test test-slow test-slurm demo train train-slurm lint handoff data help
 
 help:
 	@echo "$(PROJECT): make install | test | demo | train [CONFIG=..] [ARGS='k=v ...'] | train-slurm | lint | handoff"
 
-# Idempotent: re-runs only when a pyproject.toml changed (stamp inside the venv).
+# Idempotent: re-runs only when a pyproject.toml or the lock changed (stamp inside the venv). Installs exactly the
+# project's requirements.lock (torch's build per machine: CPU, or CUDA where nvidia-smi works).
 install setup:
-	@bash $(SHARED)/scripts/setup.sh --venv "$(VENV)" $(SHARED) $(PROJECT_DIR)
+	@bash $(SHARED)/scripts/setup.sh --venv "$(VENV)" --lock $(PROJECT_DIR)/requirements.lock $(SHARED) $(PROJECT_DIR)
 
 data: install
 	$(PY) -m musiccore.data build --root "$(MUSIC_DATA_DIR)"
 
-test: install
+# The project's lock: `make lock` rewrites it (UPGRADE=1: newest versions allowed); `make lock-check` (first step of
+# `make test`) fails when the pyprojects' dependencies changed without `make lock`.
+lock:
+	$(if $(wildcard $(PY)),$(PY),python3) $(SHARED)/scripts/lock.py compile $(if $(UPGRADE),--upgrade) $(PROJECT_DIR)
+
+lock-check:
+	@python3 $(SHARED)/scripts/lock.py check $(PROJECT_DIR)
+
+test: lock-check install
 	cd $(PROJECT_DIR) && $(PY) -m pytest -q $(PYTEST_ARGS)
 
 test-slow: install

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Prove a project can be handed to another team on its own: copy <project>/ and shared/ (nothing else) into a
-# temporary folder, build a fresh environment there, and pass the project's tests.
+# temporary folder, build a fresh environment there from the project's own lock (<project>/requirements.lock, the
+# same pins as in the monorepo's CI), and pass the project's tests.
 #
 #   bash shared/scripts/handoff.sh mert        (or: make -C mert handoff)
 #
@@ -19,7 +20,9 @@ copy() {  # copy a folder without environments, runs, caches or build leftovers
 copy "$PROJECT"
 copy shared
 echo "[handoff] $PROJECT + shared copied to $TMP ($(du -sh "$TMP" | cut -f1)); building a fresh environment there"
-# The copy has no .git, so the project's Makefile builds its own $TMP/$PROJECT/.venv.
+# The copy has no .git, so the project's Makefile builds its own $TMP/$PROJECT/.venv from $PROJECT/requirements.lock
+# (make test runs lock-check first: a lock older than the pyprojects fails here as in CI).
+[ -f "$TMP/$PROJECT/requirements.lock" ] || echo "[handoff] WARNING: $PROJECT has no requirements.lock (make lock)" >&2
 unset VENV
 make -C "$TMP/$PROJECT" test
 echo "[handoff] $PROJECT passes its tests outside the monorepo"

@@ -4,7 +4,7 @@ A run folder holds everything needed to understand and resume a run::
 
     <run_dir>/config.yaml     resolved config (written once; a relaunch with another config is refused)
               git.txt         commit and dirty diff stat of the code that ran
-              env.txt         python, torch, platform and installed packages
+              env.txt         python, torch, platform, the lock file (path, sha256) and installed packages
               logs/           train.log (rank 0), per-rank logs
               metrics.jsonl   one JSON object per logged step
               checkpoints/    written by the trainer, atomically
@@ -102,7 +102,38 @@ def git_info(cwd: str | Path | None = None) -> str:
     return f"commit: {commit}\nstatus:\n{run('status', '--porcelain')}\n"
 
 
+#: Written by shared/scripts/setup.sh into the venv it installs from a lock (``key=value`` lines: lock, sha256,
+#: input-sha256, torch-build, installer).
+LOCK_MARKER = ".musiccore-lock"
+
+
+def lock_info(prefix: str | Path | None = None) -> dict[str, str] | None:
+    """Which lock the environment at ``prefix`` (default: the running one, ``sys.prefix``) was installed from.
+
+    Returns the marker's fields plus ``state``: ``"matches"`` when the lock file still has the installed sha256,
+    ``"changed"`` when it was edited since (``make setup`` re-installs it), ``"missing"`` when it is gone; None when
+    the environment was not installed from a lock (setup without one, or a plain pip install).
+    """
+    import hashlib
+
+    marker = Path(prefix if prefix is not None else sys.prefix) / LOCK_MARKER
+    try:
+        text = marker.read_text()
+    except OSError:
+        return None
+    info = dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+    lock = Path(info.get("lock", ""))
+    if not info.get("lock") or not lock.is_file():
+        info["state"] = "missing"
+    else:
+        now = hashlib.sha256(lock.read_bytes()).hexdigest()
+        info["state"] = "matches" if now == info.get("sha256") else "changed"
+    return info
+
+
 def env_info() -> str:
+    """Text of ``env.txt``: python, platform, torch build, the lock the environment was installed from (its path,
+    sha256 and whether the file still matches) and every installed distribution with its version."""
     lines = [f"python: {sys.version.split()[0]}", f"platform: {platform.platform()}"]
     try:
         import torch
@@ -110,6 +141,15 @@ def env_info() -> str:
         lines.append(f"torch: {torch.__version__} cuda={torch.version.cuda} available={torch.cuda.is_available()}")
     except ImportError:
         pass
+    lock = lock_info()
+    if lock is None:
+        lines.append("lock: none (environment not installed from a lock by shared/scripts/setup.sh)")
+    else:
+        lines.append(f"lock: {lock.get('lock', '?')}")
+        lines.append(
+            f"lock-sha256: {lock.get('sha256', '?')} ({lock['state']}; input-sha256 {lock.get('input-sha256', '?')},"
+            f" torch build {lock.get('torch-build', '?')}, installed by {lock.get('installer', '?')})"
+        )
     lines.append("packages:")
     lines += sorted(f"  {d.metadata['Name']}=={d.version}" for d in metadata.distributions() if d.metadata["Name"])
     return "\n".join(lines) + "\n"
