@@ -26,10 +26,17 @@ export PYTHONUNBUFFERED := 1
 help:
 	@echo "$(PROJECT): make install | test | demo | train [CONFIG=..] [ARGS='k=v ...'] | train-slurm | lint | handoff"
 
-# Idempotent: re-runs only when a pyproject.toml or the lock changed (stamp inside the venv). Installs exactly the
-# project's requirements.lock (torch's build per machine: CPU, or CUDA where nvidia-smi works).
+# Idempotent: re-runs only when a pyproject.toml or the lock changed (stamp inside the venv). A project on its own
+# (make handoff) installs exactly its requirements.lock (torch's build per machine: CPU, or CUDA where nvidia-smi
+# works). Inside the monorepo the shared .venv holds every project and is set up from the root lock by the root
+# Makefile: one project's lock there would move versions another project needs (chatmusician's gradio wants pillow<13).
+ifeq ($(abspath $(VENV)),$(REPO)/.venv)
+install setup:
+	@$(MAKE) --no-print-directory -C $(REPO) setup
+else
 install setup:
 	@bash $(SHARED)/scripts/setup.sh --venv "$(VENV)" --lock $(PROJECT_DIR)/requirements.lock $(SHARED) $(PROJECT_DIR)
+endif
 
 data: install
 	$(PY) -m musiccore.data build --root "$(MUSIC_DATA_DIR)"
