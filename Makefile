@@ -3,7 +3,7 @@
 #   make demo    set up, build the offline data kit, run each project's main job on its tiny default
 #   make test    set up, run the default (CPU) test suite of shared/ and every project
 #
-# Other targets: setup lock lock-check data test-slurm test-slow handoff lint train-<project>. Each project folder
+# Other targets: setup lock lock-check data test-slurm test-slow test-gpu handoff lint train-<project>. Each project folder
 # has the same targets on its own (make -C mert train CONFIG=configs/tiny.yaml ARGS="optim.lr=1e-3").
 
 SHELL := /bin/bash
@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 export MUSIC_DATA_DIR ?= $(CURDIR)/data/kit
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup install lock lock-check data demo test test-shared test-slurm test-slow test-fairseq handoff lint clean $(addprefix test-,$(PROJECTS))
+.PHONY: setup install lock lock-check data demo test test-shared test-slurm test-slow test-gpu test-fairseq handoff lint clean $(addprefix test-,$(PROJECTS))
 
 setup install:
 	@bash shared/scripts/setup.sh --venv $(VENV) --lock requirements.lock shared $(PROJECTS)
@@ -48,6 +48,15 @@ test: lock-check setup
 
 test-slow: PYTEST_ARGS += --runslow
 test-slow: test
+
+# GPU smoke suite (tests marked gpu, docs/cluster.md "GPU smoke suite"): short real runs on one CUDA device. Without
+# CUDA every one skips with the reason and the target passes. pytest's "no tests collected" (5) counts as a pass.
+test-gpu: setup
+	@rc=0; \
+	for d in shared $(PROJECTS); do \
+	  ( cd $$d && $(PY) -m pytest -q -rs -m gpu $(PYTEST_ARGS); s=$$?; [ $$s -eq 0 ] || [ $$s -eq 5 ] ) || rc=1; \
+	done; \
+	exit $$rc
 
 # MERT's converter against real fairseq (optional extra; its wheel is built once into $MUSIC_CACHE_DIR/wheels and
 # reused; skips with a printed reason when it cannot be built). A CI step of its own: make test-fairseq

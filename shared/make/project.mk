@@ -3,7 +3,7 @@
 #   PROJECT := mert
 #   include ../shared/make/project.mk
 #
-# Targets: install test demo train train-slurm lint handoff (plus data, lock, lock-check, test-slow, test-slurm).
+# Targets: install test demo train train-slurm lint handoff (plus data, lock, lock-check, test-slow, test-slurm, test-gpu).
 # Variables: CONFIG=<yaml> picks a config, ARGS="key=value ..." passes overrides, VENV=<dir> the environment,
 # NPROC=<n> processes for `make train` (default: the number of local GPUs, 1 without one).
 # Inside the monorepo the root .venv is used; a project folder taken alone (make handoff) builds its own.
@@ -21,7 +21,7 @@ export MUSIC_DATA_DIR ?= $(REPO)/data/kit
 export MUSIC_RUNS_DIR ?= $(PROJECT_DIR)/runs
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install setup lock lock-check test test-slow test-slurm demo train train-slurm lint handoff data help
+.PHONY: install setup lock lock-check test test-slow test-slurm test-gpu demo train train-slurm lint handoff data help
 
 help:
 	@echo "$(PROJECT): make install | test | demo | train [CONFIG=..] [ARGS='k=v ...'] | train-slurm | lint | handoff"
@@ -57,6 +57,10 @@ test-slow: install
 
 test-slurm: install
 	cd $(PROJECT_DIR) && $(PY) -m pytest -q -m slurm $(PYTEST_ARGS)
+
+# Tests marked gpu (one CUDA device; each skips with its reason without one, and the target still passes).
+test-gpu: install
+	cd $(PROJECT_DIR) && $(PY) -m pytest -q -rs -m gpu $(PYTEST_ARGS)
 
 # torchrun with one process per local GPU (one process on a CPU machine); NPROC=... overrides.
 NPROC ?= $(shell n=$$(nvidia-smi -L 2>/dev/null | grep -c ^GPU); [ "$$n" -gt 0 ] 2>/dev/null && echo $$n || echo 1)
