@@ -9,6 +9,27 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # fake_release helper
 
+BAD_INPUTS = Path(__file__).parent / "bad_inputs"  # concrete malformed files (see bad_inputs/make_bad_inputs.py)
+
+
+def pytest_configure(config):
+    """Hypothesis profiles of the yue property tests (``test_properties.py``, ``test_bad_inputs.py``).
+
+    ``yue-default``: 25 examples per property, so each family runs in a few seconds in the default suite.
+    ``slow``: 400 examples; picked by ``--runslow`` / ``MUSIC_RUN_SLOW=1`` (or ``HYPOTHESIS_PROFILE=slow``).
+    Tests that set ``max_examples`` themselves keep it; a test whose example is costly divides the profile's
+    count (so it also grows under ``slow``).
+    """
+    import os
+
+    from hypothesis import HealthCheck, settings
+
+    common = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+    settings.register_profile("yue-default", max_examples=25, **common)
+    settings.register_profile("slow", max_examples=400, **common)
+    slow = config.getoption("--runslow", default=False) or os.environ.get("MUSIC_RUN_SLOW") == "1"
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or ("slow" if slow else "yue-default"))
+
 
 @pytest.fixture(scope="session")
 def released_tokenizer():

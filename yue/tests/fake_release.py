@@ -133,8 +133,6 @@ def write_fake_release(root: Path, cfg: XCodecConfig, vocos=None, seed: int = 0,
     sem.mkdir(parents=True, exist_ok=True)
     (sem / "config.json").write_text(json.dumps({"model_type": "hubert", **_hubert_kwargs(cfg)}))
     if vocos is not None:
-        from yue.codec.vocos import VocosDecoder
-
         dec = root / "decoders"
         dec.mkdir(exist_ok=True)
         (dec / "config.yaml").write_text(yaml.safe_dump({
@@ -145,9 +143,51 @@ def write_fake_release(root: Path, cfg: XCodecConfig, vocos=None, seed: int = 0,
                 "dim": vocos.dim, "n_fft": vocos.n_fft, "hop_length": vocos.hop_length, "padding": vocos.padding}},
         }))  # fmt: skip
         for i, name in enumerate(("decoder_131000.pth", "decoder_151000.pth")):
-            torch.manual_seed(seed + i)
-            torch.save(VocosDecoder(vocos).state_dict(), dec / name)
+            torch.save(released_vocos_state_dict(vocos, seed + i), dec / name)
     return root
+
+
+def released_vocos_state_dict(vocos, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A random Vocos decoder state dict in the published layout, written out here key by key.
+
+    Names and shapes follow the released ``vocos`` package (``VocosBackbone`` + ``ISTFTHead``, as printed by
+    ``Vocos.from_hparams(decoders/config.yaml)``), not ``yue.codec.vocos``'s modules, so a naming or shape slip in
+    the project's own upsampler shows up as a strict-load failure::
+
+        backbone.embed             Conv1d(input_channels, dim, k=7)          weight [dim, in, 7], bias [dim]
+        backbone.norm              LayerNorm(dim)                            weight/bias [dim]
+        backbone.convnext.{i}.dwconv   Conv1d(dim, dim, k=7, groups=dim)     weight [dim, 1, 7], bias [dim]
+        backbone.convnext.{i}.norm     LayerNorm(dim)
+        backbone.convnext.{i}.pwconv1  Linear(dim, intermediate_dim)         weight [inter, dim], bias [inter]
+        backbone.convnext.{i}.pwconv2  Linear(intermediate_dim, dim)         weight [dim, inter], bias [dim]
+        backbone.convnext.{i}.gamma    layer scale                           [dim]
+        backbone.final_layer_norm  LayerNorm(dim)
+        head.out                   Linear(dim, n_fft + 2)                    weight [n_fft + 2, dim]
+        head.istft.window          periodic Hann window                      [n_fft]
+    """
+    g = torch.Generator().manual_seed(seed)
+    d, h, n_fft = vocos.dim, vocos.intermediate_dim, vocos.n_fft
+
+    def rnd(*shape, std=0.02):
+        return torch.randn(*shape, generator=g) * std
+
+    def ln(prefix):  # LayerNorm near identity, slightly perturbed so a swapped weight/bias is visible
+        return {f"{prefix}.weight": 1 + rnd(d, std=0.1), f"{prefix}.bias": rnd(d, std=0.1)}
+
+    sd = {"backbone.embed.weight": rnd(d, vocos.input_channels, 7), "backbone.embed.bias": rnd(d)}
+    sd |= ln("backbone.norm")
+    for i in range(vocos.num_layers):
+        p = f"backbone.convnext.{i}"
+        sd |= {f"{p}.dwconv.weight": rnd(d, 1, 7, std=0.2), f"{p}.dwconv.bias": rnd(d)}
+        sd |= ln(f"{p}.norm")
+        sd |= {f"{p}.pwconv1.weight": rnd(h, d, std=0.2), f"{p}.pwconv1.bias": rnd(h),
+               f"{p}.pwconv2.weight": rnd(d, h, std=0.2), f"{p}.pwconv2.bias": rnd(d),
+               f"{p}.gamma": torch.full((d,), 1 / vocos.num_layers) + rnd(d)}  # fmt: skip
+    sd |= ln("backbone.final_layer_norm")
+    sd |= {"head.out.weight": rnd(n_fft + 2, d, std=0.05), "head.out.bias": rnd(n_fft + 2)}
+    n = torch.arange(n_fft, dtype=torch.float64)
+    sd["head.istft.window"] = (0.5 - 0.5 * torch.cos(2 * torch.pi * n / n_fft)).float()  # periodic Hann
+    return sd
 
 
 class _Opaque:

@@ -34,19 +34,71 @@ def _setup_logging(verbose: bool = False) -> None:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-def _inputs(paths: list[str], suffixes: tuple[str, ...]) -> list[Path]:
-    """Files given directly, plus the matching files inside given folders (sorted, recursive)."""
-    out: list[Path] = []
+class BatchInputError(ValueError):
+    """A batch command's inputs cannot be processed as given: nothing matched, or two inputs would write the same
+    output file (the message lists every colliding group)."""
+
+
+def _plan_outputs(
+    paths: list[str], suffixes: tuple[str, ...], out_dir: Path, out_suffix: str
+) -> list[tuple[Path, Path]]:
+    """``(input, output)`` pairs of a batch command, decided before any work.
+
+    A file given directly goes to ``out_dir/<stem><out_suffix>``; a file found (recursively) in a given folder keeps
+    its path relative to that folder (``songs/a/song.wav`` -> ``out_dir/a/song.npy``), so same-named files in
+    different sub-folders never collide. The same file named twice is taken once. Inputs that still share an output
+    (``tune.wav`` beside ``tune.flac``, or two folders holding ``x.wav``) are refused: :class:`BatchInputError`
+    lists them all and nothing is written.
+    """
+    pairs: list[tuple[Path, Path]] = []
+    seen: set[Path] = set()
     for p in map(Path, paths):
         if p.is_dir():
-            out += sorted(q for q in p.rglob("*") if q.suffix.lower() in suffixes)
-        else:
-            out.append(p)
-    return out
+            found = sorted(q for q in p.rglob("*") if q.suffix.lower() in suffixes and q.is_file())
+            items = [(q, q.relative_to(p).with_suffix(out_suffix)) for q in found]
+        else:  # a missing or unreadable file is kept: the command reports it as skipped
+            items = [(p, Path(p.name).with_suffix(out_suffix))]
+        for src, rel in items:
+            key = src.resolve()
+            if key not in seen:
+                seen.add(key)
+                pairs.append((src, out_dir / rel))
+    if not pairs:
+        raise BatchInputError(f"no input files ({', '.join(suffixes)}) in {', '.join(paths)}")
+    by_dst: dict[Path, list[Path]] = {}
+    for src, dst in pairs:
+        by_dst.setdefault(dst, []).append(src)
+    clashes = {d: s for d, s in by_dst.items() if len(s) > 1}
+    if clashes:
+        lines = "; ".join(f"{d} <- {', '.join(map(str, s))}" for d, s in sorted(clashes.items()))
+        raise BatchInputError(
+            f"{len(clashes)} output name(s) would be written by several inputs ({lines}); rename or move them, or "
+            "run them in separate commands (nothing was written)"
+        )
+    return pairs
+
+
+def _report(verb: str, total: int, failed: list[tuple[Path, str]]) -> int:
+    """Print the batch summary (``encoded N/M files, K failed`` + one ``skipped FILE: reason`` line each)."""
+    print(f"{verb} {total - len(failed)}/{total} files" + (f", {len(failed)} failed" if failed else ""))
+    for f, why in failed:
+        print(f"  skipped {why}" if why.startswith(str(f)) else f"  skipped {f}: {why}")
+    return 1 if failed else 0
 
 
 class CodecRequiredError(ValueError):
     """A command that encodes or decodes audio was started without ``--codec`` and without ``--random-codec``."""
+
+
+def _check_codec_flags(path: str | None, random_codec: bool, command: str) -> None:
+    """:class:`CodecRequiredError` unless exactly one of ``--codec`` / ``--random-codec`` is given."""
+    if path and random_codec:
+        raise CodecRequiredError(f"{command}: give either --codec or --random-codec, not both")
+    if not path and not random_codec:
+        raise CodecRequiredError(
+            f"{command}: no --codec given; pass --codec DIR (a converted or trained codec folder), or --random-codec "
+            "to use random weights on purpose (shapes only, meaningless codes)"
+        )
 
 
 def _load_codec(path: str | None, preset: str, random_codec: bool = False, command: str = "this command"):
@@ -54,15 +106,9 @@ def _load_codec(path: str | None, preset: str, random_codec: bool = False, comma
     (random codes look like data but mean nothing, so a silent fallback would fill caches with noise)."""
     from yue.codec import XCodec, released_config, tiny_config
 
+    _check_codec_flags(path, random_codec, command)
     if path:
-        if random_codec:
-            raise CodecRequiredError(f"{command}: give either --codec or --random-codec, not both")
         return XCodec.from_pretrained(path)
-    if not random_codec:
-        raise CodecRequiredError(
-            f"{command}: no --codec given; pass --codec DIR (a converted or trained codec folder), or --random-codec "
-            "to use random weights on purpose (shapes only, meaningless codes)"
-        )
     log.warning("--random-codec: using a RANDOMLY initialised %s codec (shapes only, no meaningful audio)", preset)
     return XCodec(tiny_config() if preset == "tiny" else released_config())
 
@@ -81,36 +127,39 @@ def cmd_codec_encode(args) -> int:
     from musiccore.runs import atomic_path
     from yue.codec import CodecInputError, prepare_waveform
 
-    codec = _load_codec(args.codec, args.preset, args.random_codec, "yue codec encode")
-    files = _inputs(args.inputs, AUDIO_SUFFIXES)
+    _check_codec_flags(args.codec, args.random_codec, "yue codec encode")
     out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
-    failed = 0
-    for f in files:
+    plan = _plan_outputs(args.inputs, AUDIO_SUFFIXES, out, ".npy")  # collisions refused before any work
+    codec = _load_codec(args.codec, args.preset, args.random_codec, "yue codec encode")
+    failed: list[tuple[Path, str]] = []
+    for f, dst in plan:
         try:
             wav, sr = load_audio(f)
             mono = prepare_waveform(wav, sr, codec.sample_rate, where=str(f), allow_silence=args.allow_silence)
             codes = codec.encode_long(mono, args.target_bw, chunk_s=args.chunk_s).cpu().numpy().astype(np.int16)
-        except (AudioError, CodecInputError, OSError) as e:
-            failed += 1
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(dst) as tmp:  # complete files only: a failure leaves no partial .npy behind
+                with open(tmp, "wb") as fh:
+                    np.save(fh, codes)
+        except (AudioError, CodecInputError, ValueError, OSError, RuntimeError) as e:  # skip, report, keep going
+            failed.append((f, str(e)))
             log.error("skip %s: %s", f, e)
             continue
-        dst = out / (f.stem + ".npy")
-        with atomic_path(dst) as tmp:
-            with open(tmp, "wb") as fh:
-                np.save(fh, codes)
         print(f"{f} -> {dst} codes {list(codes.shape)}")
-    print(f"encoded {len(files) - failed}/{len(files)} files" + (f", {failed} failed" if failed else ""))
-    return 1 if failed else 0
+    return _report("encoded", len(plan), failed)
 
 
 def cmd_codec_decode(args) -> int:
     import numpy as np
     import torch
 
-    from musiccore.audio import write_audio
+    from musiccore.audio import AudioError, write_audio
     from yue.codec import CodecInputError
+    from yue.codec_ids import CodecIdError, read_codes_npy
 
+    _check_codec_flags(args.codec, args.random_codec, "yue codec decode")
+    out = Path(args.output)
+    plan = _plan_outputs(args.inputs, (".npy",), out, ".wav")  # collisions refused before any work
     codec = _load_codec(args.codec, args.preset, args.random_codec, "yue codec decode")
     upsampler = None
     if args.upsampler != "none":
@@ -122,13 +171,10 @@ def cmd_codec_decode(args) -> int:
         folder = Path(args.codec)
         upsampler = VocosDecoder(VocosConfig.from_yaml(folder / "vocos_config.yaml"))
         upsampler.load_weights(folder / f"{args.upsampler}_upsampler.safetensors").eval()
-    files = _inputs(args.inputs, (".npy",))
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
-    failed = 0
-    for f in files:
+    failed: list[tuple[Path, str]] = []
+    for f, dst in plan:
         try:
-            codes = np.load(f, allow_pickle=False)
+            codes = read_codes_npy(f, codec.n_q, codec.cfg.bins)  # [K, T]; typed error naming the file
             with torch.no_grad():
                 if upsampler is None:
                     wav, sr = codec.decode(codes)[0].cpu().numpy(), codec.sample_rate
@@ -140,15 +186,14 @@ def cmd_codec_decode(args) -> int:
 
                         low = codec.decode(codes)[0].cpu().numpy()
                         wav = replace_low_freq_with_energy_matched(low, codec.sample_rate, wav, sr)
-        except (CodecInputError, ValueError, OSError) as e:
-            failed += 1
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            write_audio(dst, np.clip(wav, -0.99, 0.99), sr)  # atomic: never a half-written wav
+        except (CodecIdError, CodecInputError, AudioError, ValueError, OSError, RuntimeError) as e:
+            failed.append((f, str(e)))  # skip the file, report it, decode the rest
             log.error("skip %s: %s", f, e)
             continue
-        dst = out / (f.stem + ".wav")
-        write_audio(dst, np.clip(wav, -0.99, 0.99), sr)
         print(f"{f} -> {dst} ({wav.shape[-1] / sr:.2f} s at {sr} Hz)")
-    print(f"decoded {len(files) - failed}/{len(files)} files" + (f", {failed} failed" if failed else ""))
-    return 1 if failed else 0
+    return _report("decoded", len(plan), failed)
 
 
 def cmd_codec_convert(args) -> int:
@@ -397,14 +442,22 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--random-codec", action="store_true",
                         help="use a randomly initialised --preset codec instead of --codec (shapes only; the codes "
                         "mean nothing). Without --codec this flag is required.")  # fmt: skip
-    enc = csub.add_parser("encode", parents=[common], help="audio files/folders -> <stem>.npy codes [K, T] (int16)")
+    enc = csub.add_parser("encode", parents=[common], help="audio files/folders -> <stem>.npy codes [K, T] (int16)",
+                          description="Encode audio files (and folders, recursively) to codes. A folder's files keep "
+                          "their relative paths under --output (a/song.wav -> OUT/a/song.npy); inputs that would still "
+                          "share an output name (tune.wav beside tune.flac) are refused before any work. Bad files "
+                          "are skipped and listed (exit 1).")  # fmt: skip
     enc.add_argument("inputs", nargs="+", help="audio files or folders (wav/flac/mp3/ogg; any rate, any channels)")
     enc.add_argument("-o", "--output", required=True, help="output folder")
     enc.add_argument("--target-bw", type=float, default=None, help="kbps: 0.5 = codebook 0 only, 4 = 8 codebooks")
     enc.add_argument("--chunk-s", type=float, default=30.0, help="chunk length for long audio (s)")
     enc.add_argument("--allow-silence", action="store_true", help="encode silent files instead of rejecting them")
     enc.set_defaults(func=cmd_codec_encode)
-    dec = csub.add_parser("decode", parents=[common], help=".npy codes files/folders -> wav")
+    dec = csub.add_parser("decode", parents=[common], help=".npy codes files/folders -> wav",
+                          description="Decode [K, T] (or [1, K, T]) integer .npy code files (and folders, "
+                          "recursively) to wav, keeping relative paths under --output; colliding output names are "
+                          "refused before any work. Bad files (empty, corrupt, fractional or out-of-range codes, "
+                          "several clips) are skipped and listed, the rest decoded (exit 1).")  # fmt: skip
     dec.add_argument("inputs", nargs="+")
     dec.add_argument("-o", "--output", required=True)
     dec.add_argument("--upsampler", choices=["none", "vocal", "inst"], default="none",

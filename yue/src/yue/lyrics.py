@@ -54,6 +54,8 @@ def section_string(label: str, text: str) -> str:
 
 def parse_section_string(s: str) -> Section:
     """Inverse of :func:`section_string` (raises :class:`LyricsError` on anything else)."""
+    if not isinstance(s, str):
+        raise LyricsError(f"not a section string: got {type(s).__name__}")
     m = re.fullmatch(r"\[(\w+)\]\n(.*)\n\n", s, re.DOTALL)
     if m is None:
         raise LyricsError(f"not a section string ('[label]\\n...\\n\\n'): {s[:60]!r}")

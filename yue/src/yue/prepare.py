@@ -84,6 +84,8 @@ def check_sections(
 
     if not sections:
         raise PrepareError(f"{song_id}: no labelled section (the song has no lyrics sections)")
+    if not isinstance(sections, (list, tuple)):
+        raise PrepareError(f"{song_id}: sections must be a list of objects, got {type(sections).__name__}")
     kept = []
     for i, sec in enumerate(sections):
         where = f"{song_id}: section {i}"
@@ -96,7 +98,7 @@ def check_sections(
             raise PrepareError(f"{where}: unknown section label {label!r}")
         try:
             start, end = float(sec["start"]), float(sec["end"])
-        except (KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, OverflowError) as e:
             raise PrepareError(f"{where} ({label}): start/end missing or not numbers ({e})") from e
         if not (math.isfinite(start) and math.isfinite(end)):
             raise PrepareError(f"{where} ({label}): non-finite timing [{start}, {end}]")
@@ -110,7 +112,7 @@ def check_sections(
         a, b = int(round(start * fps)), min(frames, int(round(end * fps)))
         if b - a < fps:  # upstream drops segments shorter than 1 s
             continue
-        kept.append({"label": label, "text": str(sec.get("lyrics", "")).strip(), "frame_start": a, "frame_end": b})
+        kept.append({"label": label, "text": str(sec.get("lyrics") or "").strip(), "frame_start": a, "frame_end": b})
     if not kept:
         raise PrepareError(f"{song_id}: no section of at least 1 s inside the audio")
     return kept

@@ -27,7 +27,7 @@ from typing import Sequence
 
 import numpy as np
 
-from yue.codec_ids import CodecIdError
+from yue.codec_ids import CodecIdError, as_int_array
 from yue.lyrics import LyricsError, Section, parse_section_string
 from yue.tokenizer import TokenLayout, YuETokenizer
 
@@ -64,6 +64,20 @@ STAGE2_CHUNK_FRAMES = 300  # 6 s at 50 frames/s
 
 class SequenceError(ValueError):
     """Inputs that cannot form a sequence (unequal track lengths, tags with newlines, bad codes...)."""
+
+
+def _id_list(ids, what: str) -> list[int]:
+    """A flat id sequence as Python ints; :class:`SequenceError` for anything else (not a sequence, several
+    dimensions, non-integer or fractional values, ids beyond int64)."""
+    if isinstance(ids, (str, bytes)) or not hasattr(ids, "__len__") and not hasattr(ids, "__iter__"):
+        raise SequenceError(f"{what}: expected a sequence of token ids, got {type(ids).__name__}")
+    try:
+        arr = as_int_array(list(ids) if not isinstance(ids, np.ndarray) else ids, what)
+    except (CodecIdError, TypeError) as e:
+        raise SequenceError(str(e)) from None
+    if arr.ndim != 1:
+        raise SequenceError(f"{what}: expected a flat sequence of token ids, got shape {list(arr.shape)}")
+    return arr.tolist()
 
 
 def _cb0(codes, what: str) -> np.ndarray:
@@ -305,9 +319,12 @@ def parse_stage1(tok: YuETokenizer, ids: Sequence[int], reference_mode: str = "d
 
     Returns:
         :class:`Stage1Parse`; problems (missing ``<xcodec>``/``<EOA>``/end markers, odd code counts, ids of other
-        codebooks, stray tokens) are listed in ``.errors``.
+        codebooks, stray tokens, ids outside the vocabulary) are listed in ``.errors``.
+
+    Raises:
+        SequenceError: only when ``ids`` is not a flat sequence of integers at all (see :func:`_id_list`).
     """
-    ids = [int(i) for i in ids]
+    ids = _id_list(ids, "stage-1 ids")
     errors: list[str] = []
     soa, eoa, xc, eod_id = tok.id("<SOA>"), tok.id("<EOA>"), tok.id("<xcodec>"), tok.id("<EOD>")
     sos, eos = tok.tokenize(MARKERS["start_of_segment"]), tok.tokenize(MARKERS["end_of_segment"])
@@ -485,8 +502,11 @@ def parse_stage2(layout: TokenLayout, ids: Sequence[int], teacher_forcing: bool 
     Checks: ``<SOA> <stage_1>`` start, ``<stage_2>`` separator, frame completeness, each position's codebook range,
     and that the tail's cb0 repeats the prompt's cb0. Problems go to ``errors``; bad ids become -1
     (:func:`yue.codec_ids.repair_codes` applies upstream's fix).
+
+    Raises:
+        SequenceError: only when ``ids`` is not a flat sequence of integers at all.
     """
-    ids = [int(i) for i in ids]
+    ids = _id_list(ids, "stage-2 ids")
     soa, eoa, s1, s2, eod_id = (layout.id(n) for n in ("<SOA>", "<EOA>", "<stage_1>", "<stage_2>", "<EOD>"))
     xc = layout.xcodec
     errors: list[str] = []

@@ -35,6 +35,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
 import re
 from pathlib import Path
 
@@ -65,10 +66,17 @@ def load_checkpoint(path: str | os.PathLike, allow_pickle: bool = False) -> dict
     if p.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(p))
+        try:
+            return load_file(str(p))
+        except Exception as e:  # noqa: BLE001 - SafetensorError (truncated/corrupt header) names no file
+            raise ConversionError(f"{p}: not a readable safetensors file ({type(e).__name__}: {e})") from e
+    if p.stat().st_size == 0:
+        raise ConversionError(f"{p}: empty file (0 bytes)")
     try:
         return torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001
+        if not isinstance(e, pickle.UnpicklingError):  # a truncated/corrupt archive, not a pickle refusal
+            raise ConversionError(f"{p}: not a readable torch checkpoint ({type(e).__name__}: {str(e)[:200]})") from e
         if not allow_pickle:
             raise ConversionError(
                 f"{p}: cannot be read with weights_only=True ({type(e).__name__}: {str(e)[:200]}). It needs the "
@@ -168,28 +176,52 @@ def read_release_config(folder: str | os.PathLike) -> XCodecConfig:
     cfg_file = root / "final_ckpt" / "config.yaml"
     if not cfg_file.is_file():
         raise ConversionError(f"{cfg_file}: codec config not found (is {root} an xcodec_mini_infer folder?)")
-    d = yaml.safe_load(cfg_file.read_text()) or {}
+    try:
+        d = yaml.safe_load(cfg_file.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ConversionError(f"{cfg_file}: not valid YAML ({str(e)[:200]})") from None
     try:
         gen = d["generator"]
         g = gen["config"]
     except (KeyError, TypeError) as e:
         raise ConversionError(f"{cfg_file}: no generator.config section") from e
+    if not isinstance(g, dict):
+        raise ConversionError(f"{cfg_file}: generator.config must be a mapping, got {type(g).__name__}")
     if gen.get("name", "SoundStream") != "SoundStream":
         raise ConversionError(f"{cfg_file}: generator {gen.get('name')!r} is not SoundStream")
     sem_file = root / "semantic_ckpts" / "hf_1_325000" / "config.json"
     if not sem_file.is_file():
         raise ConversionError(f"{sem_file}: semantic (HuBERT) config not found")
-    sem = json.loads(sem_file.read_text())
+    try:
+        sem = json.loads(sem_file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConversionError(f"{sem_file}: not valid JSON ({e})") from None
+    if not isinstance(sem, dict):
+        raise ConversionError(f"{sem_file}: expected a JSON object, got {type(sem).__name__}")
     known = {k: sem[k] for k in _SEMANTIC_KEYS if k in sem}
     extra = {k: v for k, v in sem.items() if k not in _SEMANTIC_KEYS and k not in _HF_META}
+    for k, v in known.items():  # a string where an int belongs, 0 heads: stop here with the file and the field
+        vals = v if isinstance(v, list) else [v]
+        if not vals or any(isinstance(x, bool) or not isinstance(x, int) or x < 1 for x in vals):
+            raise ConversionError(f"{sem_file}: {k} must be a positive integer (or a list of them), got {v!r}")
+
+    def num(key, default, kind=int):
+        v = g.get(key, default)
+        vals = v if isinstance(v, list) else [v]
+        if not vals or any(isinstance(x, bool) or not isinstance(x, (int, float)) or x <= 0 for x in vals):
+            raise ConversionError(f"{cfg_file}: generator.config.{key} must be positive number(s), got {v!r}")
+        if kind is int and any(float(x) != int(x) for x in vals):
+            raise ConversionError(f"{cfg_file}: generator.config.{key} must be integer(s), got {v!r}")
+        return [kind(x) for x in vals] if isinstance(v, list) else kind(v)
+
     return XCodecConfig(
-        sample_rate=int(g.get("sample_rate", 16000)),
-        ratios=list(g.get("ratios", [8, 5, 4, 2])),
-        D=int(g.get("D", 256)),
-        bins=int(g.get("bins", 1024)),
-        target_bandwidths=[float(b) for b in g.get("target_bandwidths", [0.5, 1, 1.5, 2, 4, 6])],
-        encoder_dim=int(g.get("encoder_dim", 64)),  # not in the released yaml (hard-coded 64 upstream)
-        decoder_dim=int(g.get("decoder_dim", 1024)),  # likewise (hard-coded 1024)
+        sample_rate=num("sample_rate", 16000),
+        ratios=list(num("ratios", [8, 5, 4, 2])),
+        D=num("D", 256),
+        bins=num("bins", 1024),
+        target_bandwidths=list(num("target_bandwidths", [0.5, 1, 1.5, 2, 4, 6], float)),
+        encoder_dim=num("encoder_dim", 64),  # not in the released yaml (hard-coded 64 upstream)
+        decoder_dim=num("decoder_dim", 1024),  # likewise (hard-coded 1024)
         semantic=SemanticConfig(**known, extra=extra),
     )
 
@@ -228,12 +260,17 @@ def convert_release(folder: str | os.PathLike, out_dir: str | os.PathLike, allow
     raw = load_checkpoint(ckpt_file, allow_pickle)
     if not isinstance(raw, dict) or "codec_model" not in raw:
         raise ConversionError(f"{ckpt_file}: no 'codec_model' entry (keys: {list(raw)[:8] if isinstance(raw, dict) else type(raw)})")
+    if not isinstance(raw["codec_model"], dict):
+        raise ConversionError(f"{ckpt_file}: 'codec_model' is a {type(raw['codec_model']).__name__}, not a state dict")
     state = {k: v for k, v in raw["codec_model"].items() if isinstance(v, torch.Tensor)}
     if not any(k.startswith("semantic_model.") for k in state):
         state.update(_semantic_weights(root, allow_pickle))
     new = convert_state_dict(state, n_blocks=len(cfg.ratios))
 
-    codec = XCodec(cfg)
+    try:  # sizes that pass the type checks but cannot form the networks (e.g. heads not dividing the width)
+        codec = XCodec(cfg)
+    except (ValueError, TypeError, ZeroDivisionError, RuntimeError) as e:
+        raise ConversionError(f"{root}: the configs give no buildable codec ({type(e).__name__}: {e})") from e
     expected = codec.model.state_dict()
     missing = sorted(set(expected) - set(new))
     unexpected = sorted(set(new) - set(expected))

@@ -61,15 +61,28 @@ class VocosConfig:
         p = Path(path)
         if not p.is_file():
             raise VocosLoadError(f"{p}: upsampler config not found")
-        d = yaml.safe_load(p.read_text())
+        try:
+            d = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            raise VocosLoadError(f"{p}: not valid YAML ({str(e)[:200]})") from None
         try:
             b, h = d["backbone"]["init_args"], d["head"]["init_args"]
-            return cls(
+            cfg = cls(
                 b["input_channels"], b["dim"], b["intermediate_dim"], b["num_layers"],
                 b.get("layer_scale_init_value"), h["n_fft"], h["hop_length"], h.get("padding", "same"),
             )  # fmt: skip
         except (KeyError, TypeError) as e:
-            raise VocosLoadError(f"{p}: not a Vocos backbone/head config ({e})") from e
+            raise VocosLoadError(f"{p}: not a Vocos backbone/head config (missing or malformed {e})") from e
+        for name in ("input_channels", "dim", "intermediate_dim", "num_layers", "n_fft", "hop_length"):
+            v = getattr(cfg, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise VocosLoadError(f"{p}: {name} must be a positive integer, got {v!r}")
+        ls = cfg.layer_scale_init_value
+        if ls is not None and (isinstance(ls, bool) or not isinstance(ls, (int, float))):
+            raise VocosLoadError(f"{p}: layer_scale_init_value must be a number, got {ls!r}")
+        if cfg.padding not in ("same", "center") or cfg.hop_length > cfg.n_fft:
+            raise VocosLoadError(f"{p}: padding {cfg.padding!r} / hop_length {cfg.hop_length} > n_fft {cfg.n_fft}")
+        return cfg
 
 
 class ConvNeXtBlock(nn.Module):
@@ -182,7 +195,10 @@ class VocosDecoder(nn.Module):
         if p.suffix == ".safetensors":
             from safetensors.torch import load_file
 
-            state = load_file(str(p))
+            try:
+                state = load_file(str(p))
+            except Exception as e:  # noqa: BLE001 - SafetensorError (truncated/corrupt header) names no file
+                raise VocosLoadError(f"{p}: not a readable safetensors file ({type(e).__name__}: {e})") from e
         else:
             try:
                 state = torch.load(p, map_location="cpu", weights_only=not allow_pickle)
@@ -193,10 +209,12 @@ class VocosDecoder(nn.Module):
                 ) from e
         if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
             state = state["state_dict"]
+        if not isinstance(state, dict):
+            raise VocosLoadError(f"{p}: expected a state dict of tensors, got {type(state).__name__}")
         try:
             self.load_state_dict(state, strict=True)
-        except RuntimeError as e:
-            raise VocosLoadError(f"{p}: weights do not match the config: {str(e)[:500]}") from e
+        except (RuntimeError, TypeError) as e:
+            raise VocosLoadError(f"{p}: weights do not match the config: {' '.join(str(e).split())[:500]}") from e
         return self
 
 

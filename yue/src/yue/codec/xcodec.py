@@ -90,6 +90,51 @@ def prepare_waveform(
     return mono
 
 
+def _codec_config_from_dict(d, where) -> XCodecConfig:
+    """:class:`XCodecConfig` from the ``yue_codec.json`` dict, checking every field's type.
+
+    Raises:
+        CodecLoadError: naming ``where`` and the field: not an object, a missing ``semantic`` section, unknown or
+            missing fields, wrong types (a string where an int belongs), non-positive sizes.
+    """
+    if not isinstance(d, dict):
+        raise CodecLoadError(f"{where}: expected a JSON object, got {type(d).__name__}")
+    sem = d.get("semantic")
+    if not isinstance(sem, dict):
+        raise CodecLoadError(f"{where}: missing or malformed 'semantic' section (got {type(sem).__name__})")
+
+    def build(klass, fields: dict, prefix: str):
+        defaults = klass()  # each field's type is the type of its default
+        unknown = sorted(set(fields) - {f.name for f in dataclasses.fields(klass)})
+        if unknown:
+            raise CodecLoadError(f"{where}: unknown field(s) {[prefix + u for u in unknown]}")
+        for k, v in fields.items():
+            default = getattr(defaults, k)
+            if k == "extra":
+                if not isinstance(v, dict):
+                    raise CodecLoadError(f"{where}: {prefix}{k} must be an object, got {type(v).__name__}")
+            elif isinstance(default, list):
+                ok = isinstance(v, list) and v and all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                                       and x > 0 for x in v)  # fmt: skip
+                if not ok:
+                    raise CodecLoadError(f"{where}: {prefix}{k} must be a non-empty list of positive numbers, got {v!r}")
+            elif isinstance(default, int):
+                if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                    raise CodecLoadError(f"{where}: {prefix}{k} must be a positive integer, got {v!r}")
+        return fields
+
+    sem_fields = build(SemanticConfig, sem, "semantic.")
+    top = build(XCodecConfig, {k: v for k, v in d.items() if k != "semantic"}, "")
+    try:
+        cfg = XCodecConfig(**top, semantic=SemanticConfig(**sem_fields))
+        _ = cfg.n_q, cfg.hop_length  # derived sizes must be computable
+    except (TypeError, ValueError, ZeroDivisionError, OverflowError) as e:
+        raise CodecLoadError(f"{where}: invalid codec config ({type(e).__name__}: {e})") from e
+    if cfg.n_q < 1:
+        raise CodecLoadError(f"{where}: target_bandwidths {cfg.target_bandwidths} give no codebook")
+    return cfg
+
+
 class XCodec(nn.Module):
     """YuE's X-Codec. ``model`` is a ``transformers.XcodecModel`` with upstream's weights (after conversion).
 
@@ -223,6 +268,20 @@ class XCodec(nn.Module):
         return torch.cat(pieces, dim=-1)
 
     def check_codes(self, codes: torch.Tensor) -> torch.Tensor:
+        """Validate codes for :meth:`decode` / :meth:`get_embed`: ``[K, T]`` or ``[B, K, T]`` -> int64 ``[B, K, T]``.
+
+        Raises:
+            CodecInputError: not integers (fractional or non-finite floats are refused, never truncated), a wrong
+                shape, no frames (``T = 0``), more than ``n_q`` codebooks, or a code outside ``0..bins-1``.
+        """
+        from yue.codec_ids import CodecIdError, as_int_array
+
+        tensor = isinstance(codes, torch.Tensor)
+        if not tensor or codes.is_floating_point() or codes.is_complex() or codes.dtype == torch.bool:
+            try:  # numpy, lists and non-integer tensors: whole numbers only, never a silent truncation
+                codes = as_int_array(codes.detach().cpu().numpy() if tensor else codes)
+            except CodecIdError as e:
+                raise CodecInputError(str(e)) from None
         c = torch.as_tensor(codes)
         if c.ndim == 2:
             c = c[None]
@@ -230,6 +289,8 @@ class XCodec(nn.Module):
             raise CodecInputError(f"expected codes [B, K, T], got shape {tuple(c.shape)}")
         if c.shape[1] < 1 or c.shape[1] > self.n_q:
             raise CodecInputError(f"{c.shape[1]} codebooks; this codec has 1..{self.n_q}")
+        if c.shape[0] == 0 or c.shape[2] == 0:
+            raise CodecInputError(f"no frames to decode: codes of shape {list(c.shape)}")
         if c.numel() and (int(c.min()) < 0 or int(c.max()) >= self.cfg.bins):
             raise CodecInputError(f"codes outside 0..{self.cfg.bins - 1} (min {int(c.min())}, max {int(c.max())})")
         return c.long().to(next(self.model.parameters()).device)
@@ -267,14 +328,23 @@ class XCodec(nn.Module):
         for f in (cfg_file, weights):
             if not f.is_file():
                 raise CodecLoadError(f"{p}: missing {f.name} (convert released files with `yue codec convert`)")
-        d = json.loads(cfg_file.read_text())
-        d["semantic"] = SemanticConfig(**d["semantic"])
-        codec = cls(XCodecConfig(**d))
-        state = load_file(str(weights), device="cpu")
+        try:
+            d = json.loads(cfg_file.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise CodecLoadError(f"{cfg_file}: not valid JSON ({e})") from None
+        cfg = _codec_config_from_dict(d, cfg_file)
+        try:  # a config whose numbers are absurd (0 heads, negative widths) fails while building the networks
+            codec = cls(cfg)
+        except (ValueError, TypeError, ZeroDivisionError, RuntimeError) as e:
+            raise CodecLoadError(f"{cfg_file}: cannot build the codec from this config ({type(e).__name__}: {e})") from e
+        try:
+            state = load_file(str(weights), device="cpu")
+        except Exception as e:  # noqa: BLE001 - safetensors raises its own SafetensorError (truncated/corrupt header)
+            raise CodecLoadError(f"{weights}: not a readable safetensors file ({type(e).__name__}: {e})") from e
         try:
             result = codec.model.load_state_dict(state, strict=False)
         except RuntimeError as e:  # shape mismatch
-            raise CodecLoadError(f"{weights}: does not match {cfg_file.name}: {str(e)[:500]}") from e
+            raise CodecLoadError(f"{weights}: does not match {cfg_file.name}: {' '.join(str(e).split())[:500]}") from e
         if result.missing_keys or result.unexpected_keys:
             raise CodecLoadError(
                 f"{weights}: does not match the config: missing {result.missing_keys[:5]} "

@@ -178,10 +178,28 @@ def read_genre(value: str) -> str:
 
 
 def read_lyrics(value: str) -> tuple[str, str]:
-    """``(lyrics text, source name)``; ``value`` may be a path to a file."""
+    """``(lyrics text, source name)``; ``value`` may be a path to a file.
+
+    Raises:
+        GenerateInputError: ``value`` is not a string; or it is one line without ``[`` that names a folder, an
+            unreadable or non-UTF-8 file, or a missing file (it ends in ``.txt``/``.lrc``/``.md`` or holds a path
+            separator), instead of being taken as lyrics text without labels.
+    """
+    if not isinstance(value, str):
+        raise GenerateInputError(f"lyrics must be text or a file path, got {type(value).__name__}")
     p = Path(value)
-    if len(value) < 4096 and "\n" not in value and "[" not in value and p.is_file():
-        return p.read_text(encoding="utf-8"), str(p)
+    if value.strip() and len(value) < 4096 and "\n" not in value and "[" not in value:
+        if p.is_dir():
+            raise GenerateInputError(f"{p}: the lyrics path is a folder, not a text file")
+        if p.is_file():
+            try:
+                return p.read_text(encoding="utf-8"), str(p)
+            except UnicodeDecodeError as e:
+                raise GenerateInputError(f"{p}: the lyrics file is not UTF-8 text ({e.reason} at byte {e.start})") from None
+            except OSError as e:
+                raise GenerateInputError(f"{p}: cannot read the lyrics file ({e.strerror or e})") from None
+        if p.suffix.lower() in (".txt", ".lrc", ".md") or os.sep in value:
+            raise GenerateInputError(f"{p}: lyrics file not found (lyrics given as text need labels like [verse])")
     return value, "lyrics"
 
 
