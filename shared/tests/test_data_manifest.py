@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import multiprocessing as mp
-import time
 from dataclasses import dataclass
 
 import pytest
@@ -142,24 +141,46 @@ def test_progress_logs_every_n_items_without_a_tty(caplog):
     assert [ln.split()[1] for ln in lines] == ["4/10", "8/10", "10/10"]
 
 
-def _hold_lock(path, hold_s, q):
+def _hold_lock(path, log, held, release):
     with FileLock(path):
-        q.put(time.time())
-        time.sleep(hold_s)
-    q.put(time.time())
+        held.set()
+        release.wait(30)
+        with open(log, "a") as f:  # written while still holding the lock
+            f.write("child released\n")
 
 
 def test_file_lock_excludes_other_processes(tmp_path):
+    """While another process holds the lock, acquiring it blocks; it succeeds only after that process let go.
+    Ordering is shown by events and a shared log file, never by comparing clocks."""
+    import threading
+
     ctx = mp.get_context("fork")
-    q = ctx.Queue()
-    p = ctx.Process(target=_hold_lock, args=(str(tmp_path / "x.lock"), 1.0, q))
+    held, release = ctx.Event(), ctx.Event()
+    log = tmp_path / "order.log"
+    p = ctx.Process(target=_hold_lock, args=(str(tmp_path / "x.lock"), str(log), held, release))
     p.start()
-    q.get(timeout=30)  # the child holds the lock
-    with FileLock(tmp_path / "x.lock"):
-        got = time.time()
-    released = q.get(timeout=30)
-    p.join(timeout=30)
-    assert got >= released - 0.05
+    try:
+        assert held.wait(30), "the child never took the lock"
+        acquired = threading.Event()
+
+        def take():
+            with FileLock(tmp_path / "x.lock"):
+                with open(log, "a") as f:
+                    f.write("parent acquired\n")
+                acquired.set()
+
+        t = threading.Thread(target=take, daemon=True)
+        t.start()
+        # a lock that excluded nothing would be taken at once; a working one keeps the thread waiting
+        assert not acquired.wait(0.5), "acquired a lock another process holds"
+        release.set()
+        assert acquired.wait(30), "the lock was not handed over after the holder released it"
+        t.join(30)
+    finally:
+        release.set()
+        p.join(timeout=30)
+    assert log.read_text().splitlines() == ["child released", "parent acquired"]
+    assert p.exitcode == 0
 
 
 def test_kit_json_is_valid_after_build_of_nothing(tmp_path):

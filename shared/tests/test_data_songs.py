@@ -12,7 +12,9 @@ import soundfile as sf
 from musiccore.data import songs
 from musiccore.testing import require_tool
 
-TOP_TAGS = Path("/work/shared/assets/yue/top_200_tags.json")
+#: The handbook's assets sit beside the project checkout (``<repo>/../shared/assets``), wherever it is cloned.
+REPO = Path(__file__).resolve().parents[2]
+TOP_TAGS = REPO.parent / "shared" / "assets" / "yue" / "top_200_tags.json"
 
 
 def _need_tools():
@@ -104,7 +106,7 @@ def test_select_song_sources_deterministic_english_first():
 
 def test_tags_come_from_yue_top_200():
     if not TOP_TAGS.exists():
-        pytest.skip("YuE top_200_tags.json not available")
+        pytest.skip(f"YuE's top_200_tags.json not beside the checkout ({TOP_TAGS} is absent)")
     top = {t.strip() for v in json.loads(TOP_TAGS.read_text()).values() for t in v}
     for t in songs.PROGRAM_TAGS.values():
         assert t in top, t

@@ -87,6 +87,19 @@ def test_last_checkpoint_skips_incomplete(tmp_path):
     assert last_checkpoint(tmp_path).endswith("checkpoint-4")
 
 
+def test_last_checkpoint_skips_a_truncated_trainer_state(tmp_path, caplog):
+    """A save killed while writing trainer_state.json (empty, cut JSON, not an object) is not resumed from."""
+    (tmp_path / "checkpoint-4").mkdir()
+    (tmp_path / "checkpoint-4" / "trainer_state.json").write_text('{"global_step": 4}')
+    for step, text in ((8, ""), (12, '{"global_step": 1'), (16, "[]")):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text(text)
+    with caplog.at_level("WARNING"):
+        assert last_checkpoint(tmp_path).endswith("checkpoint-4")
+    assert "checkpoint-16: trainer_state.json is not a JSON object" in caplog.text
+    assert "checkpoint-12: unreadable trainer_state.json" in caplog.text
+
+
 def test_rank_info_and_precision(monkeypatch):
     from musiccore.hf import rank_info, resolve_precision
 

@@ -3,7 +3,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from musiccore.runs import append_jsonl, atomic_path, atomic_write_json, prepare_run_dir
+from musiccore.runs import RunDirError, append_jsonl, atomic_path, atomic_write_json, prepare_run_dir
 
 
 def test_atomic_path_success_and_failure(tmp_path):
@@ -33,11 +33,44 @@ def test_prepare_run_dir_resume_and_conflict(tmp_path):
         assert (run / name).is_file()
     assert "torch:" in (run / "env.txt").read_text()
     prepare_run_dir(run, C())  # same config: resume
+    append_jsonl(run / "metrics.jsonl", {"step": 1, "loss": 2.0})  # the run did work (issue 12: see below)
     with pytest.raises(RuntimeError, match="another config"):
         prepare_run_dir(run, C(lr=0.2))
     (run / "marker").write_text("x")
     prepare_run_dir(run, C(lr=0.2), fresh=True)
     assert not (run / "marker").exists()
+
+
+@dataclass
+class Nested:
+    data: dict = None
+    lr: float = 0.1
+
+    def __post_init__(self):
+        self.data = self.data or {"root": "/bad/kit", "split": "train"}
+
+
+def test_corrected_relaunch_takes_over_a_folder_without_work(tmp_path, caplog):
+    """Issue 12: a launch whose data check fails after prepare_run_dir leaves only config.yaml/git.txt/env.txt/logs;
+    the relaunch with the corrected setting is accepted (not refused as "another config"), and says what changed."""
+    run = prepare_run_dir(tmp_path / "run", Nested())
+    (run / "logs" / "train.log").write_text("data root /bad/kit not found\n")  # the failed launch's log
+    (run / ".config.yaml.abc.tmp.yaml").write_text("")  # a killed atomic write counts as no work either
+    with caplog.at_level("WARNING", logger="musiccore.runs"):
+        prepare_run_dir(run, Nested(data={"root": "/good/kit", "split": "train"}))
+    assert "/good/kit" in (run / "config.yaml").read_text()
+    assert (run / "logs" / "train.log").exists()  # the failed launch's log is kept
+    assert "data.root: '/bad/kit' -> '/good/kit'" in caplog.text
+
+    # once the run has produced something (a checkpoint), another config is refused, naming the key and the work
+    (run / "checkpoints" / "checkpoint-10").mkdir(parents=True)
+    with pytest.raises(RunDirError, match=r"data.root: '/good/kit' -> '/other'.*checkpoints"):
+        prepare_run_dir(run, Nested(data={"root": "/other", "split": "train"}))
+    assert "/good/kit" in (run / "config.yaml").read_text()  # refused: nothing rewritten
+    prepare_run_dir(run, Nested(data={"root": "/good/kit", "split": "train"}))  # same config: resume
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(RunDirError, match="not a folder"):
+        prepare_run_dir(tmp_path / "file", Nested())
 
 
 def test_jsonl_and_json(tmp_path):

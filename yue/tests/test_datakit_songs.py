@@ -11,10 +11,9 @@ import torch
 def kit_song(datakit):
     from yue.songs import load_songs
 
-    try:
-        songs = load_songs(root=datakit, limit=1, allow_synth=False)
-    except Exception as e:  # the kit was built without the songs step (no Festival)
-        pytest.skip(f"data kit has no songs: {e}")
+    if not (datakit / "songs" / "manifest.jsonl").exists():  # the kit was built without the songs step (no Festival)
+        pytest.skip("data kit has no songs (built without Festival)")
+    songs = load_songs(root=datakit, limit=1, allow_synth=False)  # any other failure is a bug: it fails the test
     s = songs[0]
     n = 12 * 16000  # a 12 s excerpt keeps the test fast; its sections are cut to the excerpt (prepare rejects
     # timings outside the audio)

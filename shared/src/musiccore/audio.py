@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "AudioError",
     "AudioInfo",
+    "MAX_CHANNELS",
     "MAX_SAMPLE_RATE",
     "audio_info",
     "load_audio",
@@ -50,6 +51,9 @@ __all__ = [
 
 #: Highest sample rate accepted anywhere (768 kHz is the highest rate real converters use).
 MAX_SAMPLE_RATE = 768_000
+#: Most channels :func:`write_audio` writes. More almost always means a ``[T, C]`` array passed as ``[C, T]``
+#: (1000 "channels" of 2 samples), which would otherwise be written as a valid but absurd file.
+MAX_CHANNELS = 64
 
 # Subtype written when the caller gives none: 16-bit PCM for the lossless formats, the codec for the lossy ones.
 _DEFAULT_SUBTYPE = {"WAV": "PCM_16", "FLAC": "PCM_16", "OGG": "VORBIS", "MP3": "MPEG_LAYER_III"}
@@ -102,6 +106,14 @@ def _as_2d(wav, where: str | os.PathLike | None = None) -> np.ndarray:
         raise AudioError(f"{prefix}waveform must be [T] or [C, T], got shape {tuple(arr.shape)}")
     if arr.shape[0] == 0:
         raise AudioError(f"{prefix}waveform has no channels (shape {tuple(arr.shape)})")
+    if arr.dtype.kind == "f" and arr.dtype.itemsize > 4:
+        with np.errstate(over="ignore"):
+            out = arr.astype(np.float32)
+        # finite float64 samples beyond float32's range would turn into inf here and be blamed on the input
+        if np.isinf(out).sum() > np.isinf(arr).sum():
+            big = float(np.abs(arr[np.isfinite(arr)]).max())
+            raise AudioError(f"{prefix}waveform has samples up to {big:.3g}, beyond the float32 range")
+        return out
     return arr.astype(np.float32, copy=False)
 
 
@@ -228,7 +240,10 @@ def load_audio(
         wav = to_mono(wav)
     if sample_rate is not None and sample_rate != sr:
         full = n > 0 and data.shape[0] == n  # the excerpt did not run into the end of the file
+        n_in = wav.shape[1]
         wav = resample(wav, sr, sample_rate, quality=quality)
+        if wav.shape[1] == 0:  # soxr gives nothing for e.g. 1 sample at 44.1 kHz -> 16 kHz
+            raise AudioError(f"{p}: {n_in} sample(s) at {sr} Hz are too short to resample to {sample_rate} Hz")
         sr = sample_rate
         if full:
             # Exactly round(duration_s * sample_rate) samples, whatever the rounding of the file-rate excerpt.
@@ -259,6 +274,9 @@ def write_audio(
         raise AudioError(f"{p}: unsupported output suffix {p.suffix!r} (use one of {sorted(_FORMAT_BY_SUFFIX)})")
     sr = _check_rate(sample_rate, "sample rate", p)
     x = _as_2d(wav, p)
+    if x.shape[0] > MAX_CHANNELS:
+        raise AudioError(f"{p}: {x.shape[0]} channels of {x.shape[1]} samples (at most {MAX_CHANNELS}); waveforms are "
+                         f"[C, T], transpose a [T, C] array")
     if x.shape[1] == 0:
         raise AudioError(f"{p}: refusing to write an empty waveform (0 samples)")
     _check_finite(x, p)
@@ -285,7 +303,8 @@ def write_audio(
 def resample(wav, orig_sr: int, target_sr: int, quality: str = "HQ") -> np.ndarray:
     """Band-limited resampling with soxr: ``[C, T]`` (or ``[T]``) at ``orig_sr`` -> float32 ``[C, T']``.
 
-    ``T' = ceil(T * target_sr / orig_sr)`` (soxr's length rule). Equal rates return a float32 copy.
+    ``T'`` is about ``T * target_sr / orig_sr`` (soxr's rounding: it can be one less than the ceiling, and 0 for a
+    single sample when downsampling). Equal rates return a float32 copy.
     """
     import soxr
 
@@ -390,6 +409,9 @@ def loudness(wav, sample_rate: int, channel_weights: Sequence[float] | None = No
     from scipy.signal import lfilter
 
     sr = _check_rate(sample_rate)
+    if sr <= 2 * _SHELF_F0:  # the K-weighting shelf must lie below Nyquist (also: no 400 ms block under 1 sample)
+        raise AudioError(f"cannot measure loudness at {sr} Hz (BS.1770 K-weighting needs more than "
+                         f"{2 * _SHELF_F0:.0f} Hz)")
     x = _as_2d(wav).astype(np.float64)
     _check_finite(x)
     n = x.shape[1]
@@ -562,3 +584,5 @@ def _windows(p, sr_out, win, hop, mono, pad_last, min_last, block_s, quality):
                 buf_start += drop
         if total_in == 0:
             raise AudioError(f"{p}: file has no samples")
+        if covered == 0:  # every input sample was consumed by the resampler without one coming out
+            raise AudioError(f"{p}: {total_in} sample(s) at {sr_in} Hz are too short to resample to {sr_out} Hz")

@@ -25,6 +25,8 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from .atomic import atomic_write_text
+
 T = TypeVar("T")
 
 BASE_KEY = "_base_"
@@ -133,8 +135,6 @@ def to_yaml(cfg: Any) -> str:
 
 def save_config(cfg: Any, path: str | Path) -> Path:
     """Write the resolved config as YAML, atomically."""
-    from .runs import atomic_write_text
-
     return atomic_write_text(path, to_yaml(cfg))
 
 

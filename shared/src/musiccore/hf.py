@@ -117,18 +117,29 @@ class PreemptionCallback(TrainerCallback):
 
 
 def last_checkpoint(output_dir: str | Path) -> str | None:
-    """Newest ``checkpoint-<step>`` folder holding a trainer state; a half-written one is skipped.
+    """Newest ``checkpoint-<step>`` folder holding a readable trainer state; a half-written one is skipped.
 
-    The Trainer writes ``trainer_state.json`` last, so a folder without it is an interrupted save.
+    The Trainer writes ``trainer_state.json`` last, so a folder without it, or with one that is empty or not a JSON
+    object (a save killed while writing it), is an interrupted save: skipped with a warning naming it.
     """
+    import json
+
     output_dir = Path(output_dir)
     if not output_dir.is_dir():
         return None
     ckpts = [p for p in output_dir.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
     for ckpt in sorted(ckpts, key=lambda p: int(p.name.split("-")[-1]), reverse=True):
-        if (ckpt / "trainer_state.json").exists():
+        state = ckpt / "trainer_state.json"
+        try:
+            ok = isinstance(json.loads(state.read_text(encoding="utf-8")), dict)
+            why = "trainer_state.json is not a JSON object"
+        except FileNotFoundError:
+            ok, why = False, "no trainer_state.json"
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            ok, why = False, f"unreadable trainer_state.json ({e})"
+        if ok:
             return str(ckpt)
-        log.warning("ignoring incomplete checkpoint %s", ckpt)
+        log.warning("ignoring incomplete checkpoint %s: %s", ckpt, why)
     return None
 
 

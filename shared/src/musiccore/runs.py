@@ -2,7 +2,8 @@
 
 A run folder holds everything needed to understand and resume a run::
 
-    <run_dir>/config.yaml     resolved config (written once; a relaunch with another config is refused)
+    <run_dir>/config.yaml     resolved config (a relaunch with another config is refused once the folder
+                              holds work of the run; see :func:`prepare_run_dir`)
               git.txt         commit and dirty diff stat of the code that ran
               env.txt         python, torch, platform, the lock file (path, sha256) and installed packages
               logs/           train.log (rank 0), per-rank logs
@@ -16,16 +17,25 @@ Locations come from the environment, never from code: ``MUSIC_RUNS_DIR`` (defaul
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import platform
 import subprocess
 import sys
-import tempfile
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
+
+# The atomic writers live in a leaf module so that musiccore.config can use them without importing this one;
+# they are re-exported here, where the projects have always imported them from.
+from .atomic import atomic_path, atomic_write_json, atomic_write_text
+from .config import to_yaml
+
+__all__ = [
+    "RunDirError", "SETUP_ENTRIES", "append_jsonl", "atomic_path", "atomic_write_json", "atomic_write_text",
+    "cache_dir", "checkout_root", "data_dir", "env_info", "git_info", "lock_info", "prepare_run_dir", "run_outputs",
+    "runs_root",
+]
 
 
 def cache_dir() -> Path:
@@ -54,38 +64,6 @@ def data_dir() -> Path:
         return Path(env).expanduser()
     root = checkout_root()
     return root / "data" / "kit" if root is not None else cache_dir() / "datakit"
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success rename it over ``path``, on error delete it.
-
-    Readers never see a partial file, and a killed writer leaves only a ``.tmp`` file that the next write
-    replaces. ``suffix`` keeps an extension on the temporary name for tools that look at it (e.g. ``.wav``).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sfx = suffix if suffix is not None else path.suffix
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{sfx}", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        os.replace(tmp_path, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp_path.unlink()
-        raise
-
-
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
-    return Path(path)
-
-
-def atomic_write_json(path: str | Path, obj: Any) -> Path:
-    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
 def git_info(cwd: str | Path | None = None) -> str:
@@ -155,26 +133,76 @@ def env_info() -> str:
     return "\n".join(lines) + "\n"
 
 
+class RunDirError(RuntimeError):
+    """A run folder that holds another run's work (names the folder, the config keys that differ and the way out)."""
+
+
+#: What :func:`prepare_run_dir` itself writes. A folder that holds nothing else has no work of a run in it: the
+#: launch that made it stopped before training (a failed argument or data check), so a relaunch may take it over.
+SETUP_ENTRIES = frozenset({"config.yaml", "git.txt", "env.txt", "logs"})
+
+
+def run_outputs(run_dir: str | Path) -> list[str]:
+    """Names of the entries of ``run_dir`` that a run produced (checkpoints, metrics, ...), i.e. everything but
+    :data:`SETUP_ENTRIES` and leftover temporary files of atomic writes; ``[]`` for a missing folder."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return []
+    return sorted(p.name for p in run_dir.iterdir()
+                  if p.name not in SETUP_ENTRIES and not (p.name.startswith(".") and ".tmp" in p.name))
+
+
+def _changed_keys(old_text: str, new_text: str, limit: int = 6) -> str:
+    """``a.b: 1 -> 2, ...``: the dotted keys whose values differ between two config YAML texts."""
+    import yaml
+
+    def flat(x, prefix=""):
+        if isinstance(x, dict):
+            out = {}
+            for k, v in x.items():
+                out.update(flat(v, f"{prefix}{k}."))
+            return out
+        return {prefix[:-1]: x}
+
+    try:
+        old, new = flat(yaml.safe_load(old_text) or {}), flat(yaml.safe_load(new_text) or {})
+    except yaml.YAMLError:
+        return "config.yaml is not valid YAML"
+    keys = sorted(k for k in old.keys() | new.keys() if old.get(k, "<absent>") != new.get(k, "<absent>"))
+    shown = [f"{k}: {old.get(k, '<absent>')!r} -> {new.get(k, '<absent>')!r}" for k in keys[:limit]]
+    return ", ".join(shown) + (f" (+{len(keys) - limit} more)" if len(keys) > limit else "")
+
+
 def prepare_run_dir(run_dir: str | Path, cfg: Any, fresh: bool = False) -> Path:
     """Create (or re-open, to resume) a run folder and record config, git state and environment.
 
-    Relaunching with the same resolved config resumes; a different config in an existing folder raises
-    (pass ``fresh=True`` to clear it), because resuming a run under another config silently mixes experiments.
+    Relaunching with the same resolved config resumes. A different config is refused with :class:`RunDirError`
+    (pass ``fresh=True`` to clear the folder) once the folder holds work of a run (:func:`run_outputs`: checkpoints,
+    metrics, ...), because resuming under another config silently mixes experiments. A folder with nothing but
+    what this function writes belongs to a launch that stopped before training (e.g. a failed data or argument
+    check after this call): the corrected relaunch takes it over, with a warning naming the changed keys.
     """
+    import logging
     import shutil
-
-    from .config import to_yaml
 
     run_dir = Path(run_dir)
     if fresh and run_dir.exists():
         shutil.rmtree(run_dir)
-    (run_dir / "logs").mkdir(parents=True, exist_ok=True)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunDirError(f"{run_dir}: exists and is not a folder")
     text = to_yaml(cfg)
     cfg_path = run_dir / "config.yaml"
     if cfg_path.exists() and cfg_path.read_text() != text:
-        raise RuntimeError(
-            f"{run_dir}: holds a run with another config; use a new run folder or fresh=true to start over"
-        )
+        changed = _changed_keys(cfg_path.read_text(), text)
+        work = run_outputs(run_dir)
+        if work:
+            raise RunDirError(
+                f"{run_dir}: holds a run with another config ({changed}) and its work ({', '.join(work[:5])}); "
+                "use a new run folder or fresh=true to start over"
+            )
+        logging.getLogger(__name__).warning(
+            "%s: replacing the config of a launch that stopped before training (%s)", run_dir, changed)
+    (run_dir / "logs").mkdir(parents=True, exist_ok=True)
     atomic_write_text(cfg_path, text)
     atomic_write_text(run_dir / "git.txt", git_info(Path(__file__).parent))
     atomic_write_text(run_dir / "env.txt", env_info())

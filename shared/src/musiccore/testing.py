@@ -24,7 +24,13 @@ def pytest_addoption(parser):
     group.addoption("--runslow", action="store_true", default=False, help="run tests marked slow")
 
 
+#: True in a ``--runslow`` / ``MUSIC_RUN_SLOW=1`` session (set before test modules are imported).
+RUN_SLOW = os.environ.get("MUSIC_RUN_SLOW") == "1"
+
+
 def pytest_configure(config):
+    global RUN_SLOW
+    RUN_SLOW = bool(config.getoption("--runslow", default=False)) or os.environ.get("MUSIC_RUN_SLOW") == "1"
     config.addinivalue_line("markers", "slow: long test; run with --runslow or MUSIC_RUN_SLOW=1")
     config.addinivalue_line("markers", "gpu: needs a CUDA device; skipped without one")
     config.addinivalue_line("markers", "slurm: needs a running Slurm (shared/scripts/slurm-local.sh start)")
@@ -38,6 +44,18 @@ def cuda_available() -> bool:
         return torch.cuda.is_available()
     except ImportError:
         return False
+
+
+def no_cuda_reason() -> str:
+    """Why ``torch.cuda.is_available()`` is false, for the skip line (a CPU-only torch build, or no visible device)."""
+    try:
+        import torch
+    except ImportError:
+        return "torch is not installed"
+    if torch.version.cuda is None:
+        return f"no CUDA device (torch {torch.__version__} is a CPU-only build)"
+    return f"no CUDA device visible (torch {torch.__version__}, CUDA {torch.version.cuda}; CUDA_VISIBLE_DEVICES=" \
+           f"{os.environ.get('CUDA_VISIBLE_DEVICES', '<unset>')!r})"
 
 
 @functools.lru_cache(maxsize=None)
@@ -59,9 +77,26 @@ def pytest_collection_modifyitems(config, items):
         if "slow" in item.keywords and not run_slow:
             item.add_marker(pytest.mark.skip(reason="slow: use --runslow or MUSIC_RUN_SLOW=1"))
         if "gpu" in item.keywords and not cuda_available():
-            item.add_marker(pytest.mark.skip(reason="gpu: no CUDA device"))
+            item.add_marker(pytest.mark.skip(reason=f"gpu: {no_cuda_reason()}"))
         if "slurm" in item.keywords and not slurm_available():
             item.add_marker(pytest.mark.skip(reason="slurm: no running Slurm (shared/scripts/slurm-local.sh start)"))
+
+
+def property_settings(examples: int = 25, slow_factor: int = 20, **kw):
+    """``hypothesis.settings`` of a property test: ``examples`` generated inputs in the default suite (a few
+    seconds per family), ``examples * slow_factor`` in a ``--runslow``/``MUSIC_RUN_SLOW=1`` session; no per-example
+    deadline (the shared CI machine's timing noise is not a failure). Extra keywords go to ``settings``.
+
+    Example::
+
+        @property_settings(30)
+        @given(st.binary())
+        def test_reader(data): ...
+    """
+    from hypothesis import HealthCheck, settings
+
+    kw.setdefault("suppress_health_check", [HealthCheck.too_slow, HealthCheck.data_too_large])
+    return settings(max_examples=examples * (slow_factor if RUN_SLOW else 1), deadline=None, **kw)
 
 
 def require_tool(*names: str) -> None:
@@ -77,16 +112,17 @@ DATAKIT_SIZES = {"tunes": 40, "clips": 6, "clip_seconds": 5.0, "sample_rate": 24
 
 
 def _datakit_code_version() -> str:
-    """Hash of the code that decides the kit's content (data package, abc, render, audio modules)."""
+    """Hash of the code that decides the kit's content (data package, abc (module or subpackage), render, audio)."""
     import hashlib
     from pathlib import Path
 
     here = Path(__file__).parent
-    files = sorted((here / "data").glob("*.py")) + [here / f for f in ("abc.py", "render.py", "audio.py")]
+    files = sorted((here / "data").glob("*.py")) + sorted((here / "abc").glob("*.py"))
+    files += [here / f for f in ("abc.py", "render.py", "audio.py")]
     h = hashlib.sha256()
     for f in files:
         if f.exists():
-            h.update(f.name.encode())
+            h.update(str(f.relative_to(here)).encode())
             h.update(f.read_bytes())
     return h.hexdigest()[:12]
 
@@ -115,11 +151,11 @@ def datakit():
 
     pytest.importorskip("music21")
     require_tool("fluidsynth")
-    try:
-        from musiccore.render import find_soundfont
+    from musiccore.render import ToolNotFoundError, find_soundfont
 
+    try:
         find_soundfont()
-    except Exception as e:  # ToolNotFoundError or a missing render module
+    except ToolNotFoundError as e:  # only a missing soundfont skips; any other error is a bug and fails
         pytest.skip(f"datakit needs a GM soundfont: {e}")
     from musiccore.data import build
     from musiccore.data.manifest import FileLock
@@ -176,3 +212,41 @@ def sibling_imports(src_dir, project: str) -> dict[str, list[str]]:
         if roots & siblings:
             found[str(path.relative_to(src_dir))] = sorted(roots & siblings)
     return found
+
+
+# ------------------------------------------------------------------------------------------------ packed attention
+def packing_leak(model, input_ids, position_ids) -> dict:
+    """Does anything flow between the samples of a packed row? (GPU smoke tests of the LM trainers.)
+
+    ``input_ids``, ``position_ids``: a packed batch ``[B, T]`` whose position ids restart at 0 where a sample starts;
+    every row must hold such a restart. Every token before a row's first restart is replaced and the logits
+    ``[B, T, V]`` are compared: on the tokens after the restart they must not move (attention stays inside each sample;
+    every other layer works row by row, so a correct varlen or per-sample attention leaves them unchanged, bf16
+    included), on the replaced tokens they must. The control runs the same rows as one causal sequence (continuous
+    positions): what a leak looks like.
+
+    Returns the largest absolute logit change ``{"later": .., "first": .., "leak_control": ..}``.
+    """
+    import torch
+
+    dev = next(model.parameters()).device
+    ids, pos = input_ids.to(dev), position_ids.to(dev)
+    restarts = (pos[:, 1:] == 0).int()
+    if not bool(restarts.any(dim=1).all()):
+        raise ValueError("packing_leak: every row needs a second sample (a position id 0 after the first token)")
+    cut = restarts.argmax(dim=1) + 1  # [B] index where each row's second sample starts
+    col = torch.arange(ids.shape[1], device=dev)[None]
+    first, later = col < cut[:, None], col >= cut[:, None]
+    vocab = model.get_input_embeddings().num_embeddings
+    changed = torch.where(first, (ids + 1 + torch.randint_like(ids, vocab - 1)) % vocab, ids)  # every token differs
+    one_seq = col.expand_as(ids)
+    was_training = model.training
+    model.eval()  # no dropout (LoRA's included)
+    try:
+        with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+            a, b = (model(input_ids=x, position_ids=pos).logits.float() for x in (ids, changed))
+            c, d = (model(input_ids=x, position_ids=one_seq).logits.float() for x in (ids, changed))
+    finally:
+        model.train(was_training)
+    return {"later": float((a - b).abs()[later].max()), "first": float((a - b).abs()[first].max()),
+            "leak_control": float((c - d).abs()[later].max())}

@@ -16,7 +16,7 @@ the tune itself share a split. Read a part with :func:`load_manifest`.
 """
 
 from .builder import DEFAULTS, KIT_VERSION, build, info, verify
-from .manifest import KINDS, SPLITS, DataKitError, load_manifest, resolve, split_of
+from .manifest import KINDS, SPLITS, DataKitError, ManifestError, load_manifest, resolve, split_of
 
 __all__ = [
     "DEFAULTS",
@@ -24,6 +24,7 @@ __all__ = [
     "KIT_VERSION",
     "SPLITS",
     "DataKitError",
+    "ManifestError",
     "build",
     "info",
     "load_manifest",

@@ -3,7 +3,12 @@
     python -m musiccore.data build  --root DIR [--tunes N --clips N --songs N --seed S --clip-seconds X
                                                --sample-rate R --essen --only tunes,clips,songs --workers W]
     python -m musiccore.data info   --root DIR
-    python -m musiccore.data verify --root DIR      (exit 1 when a file is missing or does not match its checksum)
+    python -m musiccore.data verify --root DIR
+
+Exit codes: 0 done (verify: every manifest line is a valid row whose files exist and match their checksums);
+1 a problem with the kit: verify found bad lines, malformed rows, missing/empty/mismatching files or no manifest at
+all; info found a damaged kit.json/report.json; build fell short of a requested count or met a damaged kit (each
+problem is printed as one line naming the file, line and field); 2 a bad command line (argparse).
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import logging
 import sys
 
 from .builder import DEFAULTS, build, info, verify
-from .manifest import KINDS, kit_root
+from .manifest import KINDS, DataKitError, kit_root
 
 
 def _kinds(text: str) -> list[str]:
@@ -25,24 +30,47 @@ def _kinds(text: str) -> list[str]:
     return out
 
 
+def _count(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
+    return n
+
+
+def _positive(kind):
+    def parse(text: str):
+        try:
+            v = kind(text)
+        except ValueError:
+            v = 0
+        if not v > 0 or v != v or v == float("inf"):
+            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}")
+        return v
+
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m musiccore.data", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build", help="build or update the kit (resumable; re-running does no work)")
     b.add_argument("--root", default=None, help="kit folder (default: $MUSIC_DATA_DIR, else the checkout's data/kit, "
                    "else ~/.cache/musiccore/datakit)")
-    b.add_argument("--tunes", type=int, default=DEFAULTS["tunes"], help="number of ABC tunes (0 skips)")
-    b.add_argument("--clips", type=int, default=DEFAULTS["clips"], help="number of rendered clips (0 skips)")
-    b.add_argument("--songs", type=int, default=None,
+    b.add_argument("--tunes", type=_count, default=DEFAULTS["tunes"], help="number of ABC tunes (0 skips)")
+    b.add_argument("--clips", type=_count, default=DEFAULTS["clips"], help="number of rendered clips (0 skips)")
+    b.add_argument("--songs", type=_count, default=None,
                    help=f"number of sung songs (0 skips; default: as many as the kit has, {DEFAULTS['songs']} for a "
                    "new kit; beyond the 348 sources, derived renderings, see musiccore.data.songs)")
     b.add_argument("--seed", type=int, default=DEFAULTS["seed"])
-    b.add_argument("--clip-seconds", type=float, default=DEFAULTS["clip_seconds"])
-    b.add_argument("--sample-rate", type=int, default=DEFAULTS["sample_rate"], help="clip sample rate (mono)")
+    b.add_argument("--clip-seconds", type=_positive(float), default=DEFAULTS["clip_seconds"])
+    b.add_argument("--sample-rate", type=_positive(int), default=DEFAULTS["sample_rate"], help="clip sample rate (mono)")
     b.add_argument("--essen", action="store_true",
                    help="also use the Essen folk songs (NON-COMMERCIAL licence; noted in the kit's README)")
     b.add_argument("--only", type=_kinds, default=None, help="comma-separated kinds to build (tunes,clips,songs)")
-    b.add_argument("--workers", type=int, default=None, help="worker processes (default: usable CPUs, max 8)")
+    b.add_argument("--workers", type=_positive(int), default=None, help="worker processes (default: usable CPUs, max 8)")
     b.add_argument("--music21-check", action="store_true",
                    help="also parse every tune with music21 when validating (about 0.1 s per tune)")
     b.add_argument("--retry-bad", action="store_true", help="retry items a previous build reported bad")
@@ -57,6 +85,17 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
+    try:
+        return _run(args)
+    except DataKitError as e:  # a damaged kit file: one line naming it, not a traceback
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"error: {e.filename or kit_root(args.root)}: {e.strerror or e}", file=sys.stderr)
+        return 1
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.cmd == "build":
         rep = build(args.root, tunes=args.tunes, clips=args.clips, songs=args.songs, seed=args.seed,
                     clip_seconds=args.clip_seconds, sample_rate=args.sample_rate, essen=args.essen,
@@ -86,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{k}: {'OK' if not probs else f'{len(probs)} problem(s)'}")
         for line in probs[:20]:
             print(f"  {line}")
+        if len(probs) > 20:
+            print(f"  ... and {len(probs) - 20} more")
         n_bad += len(probs)
     return 1 if n_bad else 0
 

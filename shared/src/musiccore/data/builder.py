@@ -32,14 +32,17 @@ from . import tunes as tunes_mod
 from .manifest import (
     KINDS,
     MANIFEST_PATHS,
+    DataKitError,
     FileLock,
     PartialLog,
     Progress,
     kit_root,
     read_jsonl,
+    row_problems,
     sha1_text,
     sha256_file,
     stable_hash,
+    verify_manifest,
     verify_rows,
     write_jsonl,
 )
@@ -206,8 +209,11 @@ def _cached_rows(kind: str, root: Path, valid: Callable[[dict], bool]) -> dict[s
     """Rows of the last manifest and of an interrupted build's partial log that are still valid."""
     manifest = root / MANIFEST_PATHS[kind]
     out: dict[str, dict] = {}
-    for r in read_jsonl(manifest, missing_ok=True) + PartialLog(manifest).rows():
-        if "id" in r and r["id"] not in out and valid(r):
+    # bad lines (not JSON, malformed rows) are skipped with a warning: the build redoes those items
+    rows = read_jsonl(manifest, missing_ok=True, kind=kind, on_bad="skip")
+    rows += [r for r in PartialLog(manifest).rows() if not row_problems(kind, r)]
+    for r in rows:
+        if r["id"] not in out and valid(r):
             out[r["id"]] = r
     return out
 
@@ -224,7 +230,11 @@ def _manifest_intact(kind: str, root: Path, params: dict, kit: dict) -> list[dic
         return None
     if prev.get("manifest_sha256") != sha256_file(path):
         return None
-    rows = read_jsonl(path)
+    try:
+        rows = read_jsonl(path, kind=kind)
+    except DataKitError as e:  # a damaged manifest is rebuilt from the items that still verify
+        log.warning("%s; rebuilding the %s manifest", e, kind)
+        return None
     if len(rows) != prev.get("count") or verify_rows(kind, rows, root):
         return None
     return rows
@@ -426,12 +436,50 @@ def _cpu_seconds() -> float:
     return me.ru_utime + me.ru_stime + ch.ru_utime + ch.ru_stime
 
 
-def _load_json(path: Path) -> dict:
+def read_kit_json(path: Path) -> dict:
+    """``kit.json`` or ``report.json`` of a kit root as a dict (``{}`` when the file does not exist), checked for the
+    shape the builder writes: ``parts``/``kinds`` are objects of objects, ``bad`` a list of objects.
+
+    Raises :class:`DataKitError` naming the file (and field) when it is not UTF-8 JSON or has another shape.
+    """
     import json
 
     try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, ValueError):
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except UnicodeDecodeError as e:
+        raise DataKitError(f"{path}: not UTF-8 text (byte {e.start})") from e
+    except (json.JSONDecodeError, RecursionError) as e:
+        raise DataKitError(f"{path}: not valid JSON ({e})") from e
+    except OSError as e:
+        raise DataKitError(f"{path}: cannot read ({e.strerror or e})") from e
+    if not isinstance(obj, dict):
+        raise DataKitError(f"{path}: top level must be a JSON object, got {type(obj).__name__}")
+    for key in ("parts", "kinds", "seconds", "cpu_seconds"):
+        sec = obj.get(key)
+        if sec is None:
+            continue
+        if not isinstance(sec, dict):
+            raise DataKitError(f"{path}: field {key!r}: must be an object, got {type(sec).__name__}")
+        if key in ("parts", "kinds"):
+            for k, v in sec.items():
+                if not isinstance(v, dict):
+                    raise DataKitError(f"{path}: field '{key}.{k}': must be an object, got {type(v).__name__}")
+                if key == "parts" and v.get("params") is not None and not isinstance(v["params"], dict):
+                    raise DataKitError(f"{path}: field '{key}.{k}.params': must be an object")
+    bad = obj.get("bad")
+    if bad is not None and (not isinstance(bad, list) or not all(isinstance(b, dict) for b in bad)):
+        raise DataKitError(f"{path}: field 'bad': must be a list of objects")
+    return obj
+
+
+def _load_json(path: Path) -> dict:
+    """:func:`read_kit_json` for a build: a damaged file is only a lost cache (the build redoes that work)."""
+    try:
+        return read_kit_json(path)
+    except DataKitError as e:
+        log.warning("%s; ignoring it (this build re-checks every item)", e)
         return {}
 
 
@@ -591,22 +639,26 @@ def _write_readme(root: Path, kit: dict, essen: bool) -> None:
 
 
 def verify(root: str | Path | None = None, kinds: Sequence[str] | None = None) -> dict[str, list[str]]:
-    """Check every built manifest: files exist and match their checksums. Returns problems per kind."""
+    """Check every built manifest: each line is a valid row (:func:`~musiccore.data.manifest.row_problems`), its
+    files exist, are not empty and match their checksums. Returns problems per kind (``file:line: ...`` each);
+    kinds without a manifest are left out."""
     root = kit_root(root)
     out: dict[str, list[str]] = {}
     for k in kinds or KINDS:
         path = root / MANIFEST_PATHS[k]
         if not path.exists():
             continue
-        out[k] = verify_rows(k, read_jsonl(path), root)
+        out[k] = verify_manifest(k, path, root)
     return out
 
 
 def info(root: str | Path | None = None) -> dict:
-    """Summary of a kit: counts per kind and split, parameters, last report's bad-item counts."""
+    """Summary of a kit: counts per kind and split, parameters, last report's bad-item counts.
+
+    Raises :class:`DataKitError` naming the file and field when ``kit.json`` or ``report.json`` is damaged."""
     root = kit_root(root)
-    kit = _load_json(root / "kit.json")
-    rep = _load_json(root / "report.json")
+    kit = read_kit_json(root / "kit.json")
+    rep = read_kit_json(root / "report.json")
     return {
         "root": str(root),
         "kit_version": kit.get("kit_version"),

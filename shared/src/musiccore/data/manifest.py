@@ -22,7 +22,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from ..runs import append_jsonl, atomic_path, data_dir
 
@@ -40,6 +40,17 @@ MANIFEST_PATHS = {
 
 class DataKitError(RuntimeError):
     """A kit that is missing, incomplete or corrupt (the message names the file and the reason)."""
+
+
+class ManifestError(DataKitError):
+    """A malformed manifest line or row: ``<file>:<line>: [field '<name>':] <reason>``.
+
+    ``path``, ``line`` (1-based), ``field`` (None for a whole-row problem) and ``reason`` are kept as attributes.
+    """
+
+    def __init__(self, path: str | Path, line: int, reason: str, field: str | None = None):
+        self.path, self.line, self.field, self.reason = Path(path), line, field, reason
+        super().__init__(f"{path}:{line}: " + (f"field {field!r}: " if field else "") + reason)
 
 
 # ----------------------------------------------------------------------------------------------- splits
@@ -78,25 +89,157 @@ def stable_hash(obj: Any, n: int = 16) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode("utf-8")).hexdigest()[:n]
 
 
+# ----------------------------------------------------------------------------------------------- row schema
+#: Fields every row of a kind must have (consumers index them without ``.get``).
+REQUIRED_FIELDS = {"tunes": ("id", "abc"), "clips": ("id", "path", "duration", "sample_rate"), "songs": ("id",)}
+#: Fields that hold a path relative to the kit root (optional ones may be absent or null).
+PATH_FIELDS = {"tunes": (), "clips": ("path", "midi"), "songs": ("vocal", "accompaniment", "mix")}
+_JSON_TYPE = {type(None): "null", bool: "a boolean", int: "a number", float: "a number", str: "a string",
+              list: "a list", dict: "an object"}
+
+
+def _json_type(v: Any) -> str:
+    return _JSON_TYPE.get(type(v), type(v).__name__)
+
+
+def _path_problem(v: Any) -> str | None:
+    """Why ``v`` is not a path relative to the kit root that stays inside it (None when it is one)."""
+    from pathlib import PurePosixPath, PureWindowsPath
+
+    if not isinstance(v, str) or not v.strip():
+        return f"must be a non-empty path string, got {_json_type(v)} {v!r}"[:200]
+    if "\x00" in v:
+        return "path contains a NUL character"
+    if PurePosixPath(v).is_absolute() or PureWindowsPath(v).is_absolute() or PureWindowsPath(v).drive:
+        return f"must be relative to the kit root, got absolute path {v!r}"
+    if ".." in PurePosixPath(v.replace("\\", "/")).parts:
+        return f"must stay inside the kit root, got {v!r}"
+    return None
+
+
+def row_problems(kind: str, row: Any, required: bool = True) -> list[tuple[str | None, str]]:
+    """``[(field or None, reason)]`` of everything wrong with one manifest row of ``kind`` (``[]``: a valid row).
+
+    Checked: the row is a JSON object; ``id`` is a non-empty string that cannot name another folder (no ``/``,
+    ``\\``, ``..``); ``split`` (when present) is one of :data:`SPLITS`; path fields are relative and stay inside
+    the kit root; checksums are strings; ``duration``/``sample_rate`` are positive finite numbers. With
+    ``required`` every field of :data:`REQUIRED_FIELDS` must be present (``verify_rows`` checks only what it uses).
+    """
+    import math
+
+    if not isinstance(row, dict):
+        return [(None, f"row must be a JSON object, got {_json_type(row)}")]
+    out: list[tuple[str | None, str]] = []
+    need = REQUIRED_FIELDS.get(kind, ("id",)) if required else ("id",)
+    for f in need:
+        if f not in row or row[f] is None:
+            out.append((f, "missing"))
+    rid = row.get("id")
+    if rid is not None:
+        if not isinstance(rid, str) or not rid.strip():
+            out.append(("id", f"must be a non-empty string, got {_json_type(rid)} {rid!r}"[:200]))
+        elif any(c in rid for c in "/\\\x00") or rid in (".", ".."):
+            out.append(("id", f"must not contain path separators or be '.'/'..', got {rid!r}"))
+    if "split" in row and row["split"] not in SPLITS:
+        out.append(("split", f"must be one of {', '.join(SPLITS)}, got {row['split']!r}"[:200]))
+    for f in PATH_FIELDS.get(kind, ()):
+        # an optional path field that is null or "" means "no such file" to every reader (``file_fields``)
+        if row.get(f) is not None and (row[f] != "" or f in REQUIRED_FIELDS.get(kind, ())):
+            why = _path_problem(row[f])
+            if why:
+                out.append((f, why))
+    if kind == "tunes":
+        for f in ("abc", "sha1"):
+            if row.get(f) is not None and not isinstance(row[f], str):
+                out.append((f, f"must be a string, got {_json_type(row[f])}"))
+    if kind == "clips":
+        for f in ("sha256", "midi_sha256"):
+            if row.get(f) is not None and not isinstance(row[f], str):
+                out.append((f, f"must be a hex string, got {_json_type(row[f])}"))
+        d, sr = row.get("duration"), row.get("sample_rate")
+        if d is not None and (isinstance(d, bool) or not isinstance(d, (int, float)) or not math.isfinite(d) or d <= 0):
+            out.append(("duration", f"must be a positive number of seconds, got {d!r}"[:200]))
+        if sr is not None and (isinstance(sr, bool) or not isinstance(sr, int) or not 0 < sr <= 768_000):
+            out.append(("sample_rate", f"must be an integer in 1..768000, got {sr!r}"[:200]))
+    if kind == "songs" and row.get("sha256") is not None:
+        sums = row["sha256"]
+        if not isinstance(sums, dict) or not all(isinstance(v, str) for v in sums.values()):
+            out.append(("sha256", f"must be an object of hex strings per stem, got {_json_type(sums)}"))
+    return out
+
+
+def check_row(kind: str, row: Any, path: str | Path, line: int, required: bool = True) -> dict:
+    """``row`` when it is a valid ``kind`` row, else :class:`ManifestError` naming ``path:line``, the field and the
+    reason (the first problem of :func:`row_problems`)."""
+    probs = row_problems(kind, row, required)
+    if probs:
+        field, reason = probs[0]
+        raise ManifestError(path, line, reason, field)
+    return row
+
+
 # ----------------------------------------------------------------------------------------------- jsonl
-def read_jsonl(path: str | Path, missing_ok: bool = False) -> list[dict]:
-    """Rows of a jsonl file. A truncated last line (a killed appender) is ignored; other bad lines raise."""
+def scan_jsonl(path: str | Path) -> Iterator[tuple[int, Any, str | None]]:
+    """``(line number, parsed value or None, problem or None)`` for each non-blank line of a jsonl file.
+
+    A line that is not UTF-8 or not JSON gives its problem instead of a value; nothing is raised for content (a
+    missing or unreadable file raises :class:`DataKitError`), so a checker can report every bad line in one pass.
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError as e:
+        raise DataKitError(f"{path}: manifest not found") from e
+    except OSError as e:
+        raise DataKitError(f"{path}: cannot read ({e.strerror or e})") from e
+    for i, raw in enumerate(data.split(b"\n")):
+        if not raw.strip():
+            continue
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            yield i + 1, None, f"not UTF-8 text (byte {e.start})"
+            continue
+        try:
+            yield i + 1, json.loads(text), None
+        except json.JSONDecodeError as e:
+            yield i + 1, None, f"not valid JSON ({e})"
+        except RecursionError:
+            yield i + 1, None, "not valid JSON (nested too deeply)"
+
+
+def read_jsonl(path: str | Path, missing_ok: bool = False, kind: str | None = None,
+               on_bad: str = "raise") -> list[dict]:
+    """Rows of a jsonl file. A truncated last line of a ``.partial`` log (a killed appender) is ignored.
+
+    Every other line must be a JSON object (and, with ``kind``, a valid row of that kind: :func:`row_problems`).
+    ``on_bad="raise"`` raises :class:`ManifestError` (``file:line: [field 'x':] reason``) at the first bad line;
+    ``on_bad="skip"`` logs a warning for each bad line and leaves it out (a build reading its own cache).
+    """
+    if on_bad not in ("raise", "skip"):
+        raise ValueError(f"on_bad must be 'raise' or 'skip', got {on_bad!r}")
     path = Path(path)
     if not path.exists():
         if missing_ok:
             return []
         raise DataKitError(f"{path}: manifest not found")
     rows: list[dict] = []
-    lines = path.read_text(encoding="utf-8").splitlines()
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
+    scanned = list(scan_jsonl(path))
+    for j, (line, obj, problem) in enumerate(scanned):
+        if problem is not None and j == len(scanned) - 1 and path.suffix == ".partial":
+            break  # the last append of a killed build
         try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as e:
-            if i == len(lines) - 1 and path.suffix == ".partial":
-                break  # the last append of a killed build
-            raise DataKitError(f"{path}:{i + 1}: not valid JSON ({e})") from e
+            if problem is not None:
+                raise ManifestError(path, line, problem)
+            if kind:
+                check_row(kind, obj, path, line)
+            elif not isinstance(obj, dict):
+                raise ManifestError(path, line, f"row must be a JSON object, got {_json_type(obj)}")
+            rows.append(obj)
+        except ManifestError as e:
+            if on_bad == "raise":
+                raise
+            log.warning("skipping %s", e)
     return rows
 
 
@@ -145,7 +288,12 @@ def resolve(row_path: str | Path, root: str | Path | None = None) -> Path:
 def load_manifest(kind: str, split: str | None = None, root: str | Path | None = None) -> list[dict]:
     """Rows of one manifest of the kit (``kind`` in tunes/clips/songs), optionally of one split.
 
-    Raises :class:`DataKitError` naming the file when the kit (or that part of it) was not built.
+    Every row is validated here (:func:`row_problems`), so a consumer can index the required fields and join the
+    path fields to the root without further checks.
+
+    Raises:
+        DataKitError: the kit (or that part of it) was not built, naming the file.
+        ManifestError: a malformed line or row, naming ``file:line``, the field and the reason.
     """
     if kind not in MANIFEST_PATHS:
         raise ValueError(f"unknown manifest kind {kind!r}; expected one of {', '.join(KINDS)}")
@@ -156,24 +304,60 @@ def load_manifest(kind: str, split: str | None = None, root: str | Path | None =
         raise DataKitError(
             f"{path}: no {kind} manifest; build the kit first: python -m musiccore.data build --root {kit_root(root)}"
         )
-    rows = read_jsonl(path)
+    rows = read_jsonl(path, kind=kind)
     if split is not None:
         rows = [r for r in rows if r.get("split") == split]
     return rows
 
 
+def _file_problems(kind: str, r: dict, root: Path) -> list[str]:
+    """Missing, empty or mismatching files of one (structurally valid) row, each naming the file."""
+    out = []
+    for field, sha in file_fields(kind, r):
+        p = resolve(r[field], root)
+        if not p.exists():
+            out.append(f"{p} is missing")
+        elif not p.is_file():
+            out.append(f"{p} is not a file")
+        elif p.stat().st_size == 0:
+            out.append(f"{p} is empty (0 bytes)")
+        elif sha is not None and sha256_file(p) != sha:
+            out.append(f"{p} does not match its sha256")
+    if kind == "tunes" and sha1_text(r.get("abc") or "") != r.get("sha1"):
+        out.append("abc text does not match its sha1")
+    return out
+
+
 def verify_rows(kind: str, rows: list[dict], root: Path) -> list[str]:
-    """Problems of a manifest: missing files or checksum mismatches (an empty list means the part is intact)."""
+    """Problems of a manifest: malformed rows, missing or empty files, checksum mismatches (``[]``: intact).
+
+    Each problem starts with the row's id (``row <n>`` when it has no usable id)."""
     problems: list[str] = []
-    for r in rows:
-        for field, sha in file_fields(kind, r):
-            p = resolve(r[field], root)
-            if not p.exists():
-                problems.append(f"{r['id']}: {p} is missing")
-            elif sha is not None and sha256_file(p) != sha:
-                problems.append(f"{r['id']}: {p} does not match its sha256")
-        if kind == "tunes" and sha1_text(r.get("abc", "")) != r.get("sha1"):
-            problems.append(f"{r['id']}: abc text does not match its sha1")
+    for n, r in enumerate(rows, 1):
+        bad = row_problems(kind, r, required=False)
+        name = r["id"] if isinstance(r, dict) and not any(f == "id" for f, _ in bad) else f"row {n}"
+        if bad:
+            problems += [f"{name}: " + (f"field {f!r}: " if f else "") + why for f, why in bad]
+            continue
+        problems += [f"{name}: {p}" for p in _file_problems(kind, r, Path(root))]
+    return problems
+
+
+def verify_manifest(kind: str, path: str | Path, root: str | Path) -> list[str]:
+    """Every problem of one manifest file in one pass, each naming ``file:line``: lines that are not JSON, rows
+    that are malformed (:func:`row_problems`, required fields included), files that are missing, empty or do not
+    match their checksum. ``[]`` means the part is intact."""
+    problems: list[str] = []
+    for line, obj, problem in scan_jsonl(path):
+        where = f"{path}:{line}"
+        if problem is not None:
+            problems.append(f"{where}: {problem}")
+            continue
+        bad = row_problems(kind, obj)
+        if bad:
+            problems += [f"{where}: " + (f"field {f!r}: " if f else "") + why for f, why in bad]
+            continue
+        problems += [f"{where}: {obj['id']}: {p}" for p in _file_problems(kind, obj, Path(root))]
     return problems
 
 
