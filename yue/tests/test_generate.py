@@ -133,6 +133,29 @@ def test_resume_after_interruption_gives_the_same_files(song_dir, lm_dirs, tiny_
         generate_song(SongRequest("pop female", LYRICS, seed=4), tmp_path, cfg)
 
 
+def test_folder_of_another_request_taken_over_only_while_nothing_was_generated(lm_dirs, tiny_codec_dir, tmp_path):
+    """A first run that stopped before any section (e.g. on a wrong model path) must not block the corrected rerun;
+    a folder holding generated sections of another request is still refused, and a corrupt state.json is named."""
+    cfg = _cfg(lm_dirs, tiny_codec_dir)
+    req = SongRequest("pop female", LYRICS, seed=3)
+    stale = {"key": {"request": "another", "models": {"stage1": "/no/such/model"}}, "stage1_sections": [],
+             "icl": None, "stage1_done": False, "stage2_done": False, "timings": {}}  # fmt: skip
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "state.json").write_text(json.dumps(stale))
+    song = generate_song(req, tmp_path / "a", cfg)
+    assert (tmp_path / "a" / "mix.wav").is_file() and song["request"]["genre"] == "pop female"
+    assert json.loads((tmp_path / "a" / "state.json").read_text())["stage1_done"]
+
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "state.json").write_text(json.dumps({**stale, "stage1_sections": [[1, 2, 3]]}))
+    with pytest.raises(GenerateInputError, match="another request"):
+        generate_song(req, tmp_path / "b", cfg)
+    (tmp_path / "b" / "state.json").write_text("{cut off")
+    with pytest.raises(GenerateInputError, match=r"state\.json: unreadable resume state"):
+        generate_song(req, tmp_path / "b", cfg)
+    assert not (tmp_path / "b" / "song.json").exists()
+
+
 def test_batch_skips_bad_rows_and_finished_songs(lm_dirs, tiny_codec_dir, tmp_path):
     from yue.cli import main
 

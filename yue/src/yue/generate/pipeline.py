@@ -230,11 +230,22 @@ def _state_key(prepared: PreparedSong, cfg: GenerateConfig) -> dict:
 
 def _load_state(out: Path, key: dict) -> dict:
     p = out / "state.json"
+    fresh = {"key": key, "stage1_sections": [], "icl": None, "stage1_done": False, "stage2_done": False,
+             "timings": {"stage1_s": 0.0, "stage2_s": 0.0, "decode_s": 0.0}}  # fmt: skip
     if not p.is_file():
-        return {"key": key, "stage1_sections": [], "icl": None, "stage1_done": False, "stage2_done": False,
-                "timings": {"stage1_s": 0.0, "stage2_s": 0.0, "decode_s": 0.0}}  # fmt: skip
-    state = json.loads(p.read_text())
+        return fresh
+    try:
+        state = json.loads(p.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise GenerateInputError(f"{p}: unreadable resume state ({e}); use a new --out folder") from None
+    if not isinstance(state, dict):
+        raise GenerateInputError(f"{p}: resume state is not a JSON object; use a new --out folder")
     if json.loads(json.dumps(state.get("key"))) != json.loads(json.dumps(key)):
+        if not state.get("stage1_sections") and not state.get("stage1_done") and not state.get("stage2_done"):
+            # Nothing generated yet (e.g. the first run stopped on a wrong model path after encoding the prompt):
+            # the corrected rerun takes the folder over instead of being refused.
+            log.warning("%s: state.json of another request/settings holds no finished section; starting afresh", out)
+            return fresh
         raise GenerateInputError(
             f"{out}: holds a run of another request or other settings (state.json); use a new --out folder"
         )
