@@ -17,26 +17,80 @@ from mert.modeling_mert import CheckpointError, MERTForPretraining, MERTModel
 
 from test_model import assert_hidden_states_close, released_config, waveform, write_released_folder
 
-# Our name -> fairseq name (spec section 5.2), written independently of the converter's rule table.
-_TO_FAIRSEQ = [
-    (r"^feature_extractor\.conv_layers\.(\d+)\.conv\.", r"feature_extractor.conv_layers.\1.0."),
-    (r"^feature_extractor\.conv_layers\.0\.layer_norm\.", r"feature_extractor.conv_layers.0.2."),
-    (r"^feature_projection\.layer_norm\.", "layer_norm."),
-    (r"^feature_projection\.projection\.", "post_extract_proj."),
-    (r"^masked_spec_embed$", "mask_emb"),
-    (r"^encoder\.pos_conv_embed\.conv\.", "encoder.pos_conv.0."),
-    (r"^encoder\.layers\.(\d+)\.attention\.", r"encoder.layers.\1.self_attn."),
-    (r"^encoder\.layers\.(\d+)\.layer_norm\.", r"encoder.layers.\1.self_attn_layer_norm."),
-    (r"^encoder\.layers\.(\d+)\.feed_forward\.intermediate_dense\.", r"encoder.layers.\1.fc1."),
-    (r"^encoder\.layers\.(\d+)\.feed_forward\.output_dense\.", r"encoder.layers.\1.fc2."),
-    (r"^cqt_head\.", "encoder_cqt_model.fc."),
+# ---------------------------------------------------------------------------------------------------------------------
+# An independent fake of a released fairseq checkpoint. The key names and shapes below are written out from the spec
+# (sections 1.2-1.6 and 5.2: the fairseq wav2vec2/HuBERT names of MERT_fairseq.pt), NOT derived from our model's
+# state dict, so a key or shape of ours that drifted from the released layout fails the strict load in
+# `fairseq_checkpoint` (and the conversion). The real-fairseq peer is `test_fairseq_parity_when_installed`.
+# ---------------------------------------------------------------------------------------------------------------------
+def spec_fairseq_layout(conv: list[tuple[int, int, int]], dim: int, ffn: int, layers: int, pos_kernel: int,
+                        pos_groups: int, final_dim: int, codebooks: int, codebook_size: int, cqt_bins: int
+                        ) -> dict[str, tuple[int, ...]]:
+    """fairseq key -> shape of a MERT pretraining checkpoint (group-norm conv mode, untied final_proj, CQT head)."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    c_in = 1
+    for i, (c, k, _stride) in enumerate(conv):  # Sequential(conv, dropout, [GroupNorm], GELU): conv at 0, norm at 2
+        shapes[f"feature_extractor.conv_layers.{i}.0.weight"] = (c, c_in, k)  # conv_bias false: no bias
+        c_in = c
+    shapes["feature_extractor.conv_layers.0.2.weight"] = (conv[0][0],)
+    shapes["feature_extractor.conv_layers.0.2.bias"] = (conv[0][0],)
+    shapes["layer_norm.weight"] = shapes["layer_norm.bias"] = (c_in,)  # LayerNorm(512) before post_extract_proj
+    shapes["post_extract_proj.weight"], shapes["post_extract_proj.bias"] = (dim, c_in), (dim,)
+    shapes["mask_emb"] = (dim,)
+    shapes["encoder.pos_conv.0.weight_g"] = (1, 1, pos_kernel)  # weight_norm(dim=2)
+    shapes["encoder.pos_conv.0.weight_v"] = (dim, dim // pos_groups, pos_kernel)
+    shapes["encoder.pos_conv.0.bias"] = (dim,)
+    shapes["encoder.layer_norm.weight"] = shapes["encoder.layer_norm.bias"] = (dim,)
+    for i in range(layers):
+        p = f"encoder.layers.{i}."
+        for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):
+            shapes[f"{p}self_attn.{proj}.weight"], shapes[f"{p}self_attn.{proj}.bias"] = (dim, dim), (dim,)
+        shapes[f"{p}self_attn_layer_norm.weight"] = shapes[f"{p}self_attn_layer_norm.bias"] = (dim,)
+        shapes[f"{p}fc1.weight"], shapes[f"{p}fc1.bias"] = (ffn, dim), (ffn,)
+        shapes[f"{p}fc2.weight"], shapes[f"{p}fc2.bias"] = (dim, ffn), (dim,)
+        shapes[f"{p}final_layer_norm.weight"] = shapes[f"{p}final_layer_norm.bias"] = (dim,)
+    shapes["final_proj.weight"], shapes["final_proj.bias"] = (final_dim * codebooks, dim), (final_dim * codebooks,)
+    shapes["label_embs_concat"] = (codebooks * codebook_size, final_dim)
+    shapes["encoder_cqt_model.fc.weight"], shapes["encoder_cqt_model.fc.bias"] = (cqt_bins, dim), (cqt_bins,)
+    return shapes
+
+
+def random_state(shapes: dict[str, tuple[int, ...]], seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random weights of a sensible scale: ~1/sqrt(fan_in) matrices, norms near 1, small biases, positive g."""
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for k, shape in shapes.items():
+        x = torch.randn(shape, generator=g)
+        if k.endswith("weight_g"):
+            x = 1.0 + 0.1 * x.abs()
+        elif len(shape) == 1:
+            x = (1.0 if ("norm" in k or ".2.weight" in k) and k.endswith("weight") else 0.0) + 0.1 * x
+        else:
+            x = x / max(1, int(torch.tensor(shape[1:]).prod())) ** 0.5
+        out[k] = x
+    return out
+
+
+# fairseq name -> our name (the spec's mapping table, written out here, independent of the converter's rules)
+_FROM_FAIRSEQ = [
+    (r"^feature_extractor\.conv_layers\.(\d+)\.0\.", r"feature_extractor.conv_layers.\1.conv."),
+    (r"^feature_extractor\.conv_layers\.0\.2\.", "feature_extractor.conv_layers.0.layer_norm."),
+    (r"^layer_norm\.", "feature_projection.layer_norm."),
+    (r"^post_extract_proj\.", "feature_projection.projection."),
+    (r"^mask_emb$", "masked_spec_embed"),
+    (r"^encoder\.pos_conv\.0\.", "encoder.pos_conv_embed.conv."),
+    (r"^encoder\.layers\.(\d+)\.self_attn\.", r"encoder.layers.\1.attention."),
+    (r"^encoder\.layers\.(\d+)\.self_attn_layer_norm\.", r"encoder.layers.\1.layer_norm."),
+    (r"^encoder\.layers\.(\d+)\.fc1\.", r"encoder.layers.\1.feed_forward.intermediate_dense."),
+    (r"^encoder\.layers\.(\d+)\.fc2\.", r"encoder.layers.\1.feed_forward.output_dense."),
+    (r"^encoder_cqt_model\.fc\.", "cqt_head."),
 ]
 
 
-def to_fairseq(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def from_fairseq(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     out = {}
     for k, v in sd.items():
-        for pat, rep in _TO_FAIRSEQ:
+        for pat, rep in _FROM_FAIRSEQ:
             if re.match(pat, k):
                 k = re.sub(pat, rep, k)
                 break
@@ -50,9 +104,18 @@ class FairseqEnum:  # stands in for fairseq's ChoiceEnum values inside a pickled
 
 
 def fairseq_checkpoint(tmp_path, model: MERTForPretraining, layer_norm_first: bool, unimportable: bool = True):
-    """A fairseq-style checkpoint file: {"model": fairseq-named state, "cfg": {"model", "task"}} plus CQT kernels."""
+    """A fairseq-style checkpoint file: {"model": fairseq-named state, "cfg": {"model", "task"}} plus CQT kernels.
+
+    The state is built from the spec's key list and shapes (:func:`spec_fairseq_layout`) with random values, then
+    loaded into ``model`` through the spec's name mapping with ``strict=True`` (so ``model`` holds the checkpoint's
+    weights and any key or shape of ours that left the released layout fails here).
+    """
     cfg = model.config
-    state = to_fairseq(model.state_dict())
+    conv = list(zip(cfg.conv_dim, cfg.conv_kernel, cfg.conv_stride))
+    state = random_state(spec_fairseq_layout(
+        conv, cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers, cfg.num_conv_pos_embeddings,
+        cfg.num_conv_pos_embedding_groups, cfg.final_dim, cfg.num_codebooks, cfg.codebook_size, cfg.cqt_bins))
+    model.load_state_dict(from_fairseq(state), strict=True)
     state["encoder_cqt_model.cqt.cqt_kernels_real"] = torch.randn(4, 1, 16)  # nnAudio buffers: skipped
     state["encoder_cqt_model.cqt.cqt_kernels_imag"] = torch.randn(4, 1, 16)
     layers = "[(32,10,5)] + [(32,3,2)] * 4 + [(32,2,2)] * 2"

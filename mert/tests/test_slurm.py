@@ -54,3 +54,40 @@ def test_label_array_job_fills_the_sharded_cache(synth_data, tmp_path):
     rows = prepare.load_rows(cfg.data, "train")
     store = LabelStore(prepare.label_dir_for(cfg, rows), rows)
     assert store.meta["num_shards"] == 3 and all(store.has(i) for i in range(len(rows)))
+
+
+@pytest.mark.slurm
+def test_warning_signal_requeues_and_the_job_resumes(synth_data, tiny_cache, tmp_path):
+    """Slurm's warning signal (USR1 to the batch script) mid-run: the ranks save at the end of the step, the job
+    requeues itself, and the requeued job resumes there: every update is logged exactly once (a restart from scratch
+    would log steps 1.. again), the second launch logs "resuming from checkpoint-n" with n the step of the signal."""
+    import time
+
+    from musiccore.slurm import signal_job, submit, train_job, wait
+
+    run_dir = tmp_path / "run"
+    steps = 40
+    ov = tiny_overrides(synth_data, run_dir, tiny_cache, **{"trainer.max_steps": steps, "trainer.save_steps": 1000,
+                                                            "trainer.eval_steps": 0, "trainer.plot": "false"})
+    spec = train_job("mert", str(CONFIG_DIR / "tiny.yaml"), ov, project_dir=PROJECT_DIR, time="00:30:00",
+                     log_dir=str(tmp_path / "slurm"), job_name="mert-requeue-test", python=sys.executable)
+    job = submit(spec)
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        if metrics.exists() and sum('"loss"' in line for line in metrics.read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.5)
+    else:
+        pytest.fail("the job never logged two updates")
+    signal_job(job, "USR1")
+    state = wait(job, timeout=1200, poll=2.0)
+    logs = "\n".join(p.read_text()[-3000:] for p in (tmp_path / "slurm").glob("*.out"))
+    assert state == "COMPLETED", logs
+    rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss" in r] == list(range(1, steps + 1)), logs  # each update once
+    saved = sorted(int(p.name.split("-")[1]) for p in run_dir.glob("checkpoint-*"))
+    assert len(saved) == 2 and saved[-1] == steps and 2 <= saved[0] < steps, saved  # the signal's save + the end
+    train_log = (run_dir / "logs" / "train.log.rank0").read_text()
+    assert train_log.count("resuming from") == 1 and f"checkpoint-{saved[0]}" in train_log
+    assert (run_dir / "encoder" / "config.json").is_file()

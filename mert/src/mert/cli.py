@@ -13,6 +13,8 @@ import logging
 import sys
 from pathlib import Path
 
+from .model_folder import find_model_folder  # noqa: F401 (public here: `from mert.cli import find_model_folder`)
+
 SUBCOMMANDS = "train extract probe eval convert export-hf prepare demo".split()
 DISPATCHED = {"train": "mert.train", "prepare": "mert.prepare", "probe": "mert.probe", "eval": "mert.evaluate"}
 
@@ -125,6 +127,8 @@ def cmd_extract(args: argparse.Namespace) -> int:
     summary = extract(args.inputs, args.out, args.model, opts, shard=args.shard, device=args.device,
                       autocast_dtype=autocast, progress=False if args.no_progress else None)
     print(summary.line())
+    for iid, why in sorted(summary.redone.items()):
+        print(f"  redone {iid}: {why}")
     for iid, err in sorted(summary.failed.items()):
         print(f"  failed {iid}: {err}")
     return 0 if not summary.failed else 3
@@ -170,31 +174,6 @@ def verify_export(src: str | Path, exported: str | Path, seconds: float = 1.0) -
     if len(a) != len(b):
         return float("inf")
     return max(float((p - q).abs().max()) for p, q in zip(a, b))
-
-
-def find_model_folder(path: str | Path) -> Path | None:
-    """A folder with config.json + weights: ``path`` itself, its ``encoder/`` (written by ``mert train``), ``final/``,
-    ``export/``, ``model/``, or its newest ``checkpoint-*``."""
-    path = Path(path)
-
-    def ok(p: Path) -> bool:
-        return (p / "config.json").is_file() and any(
-            (p / n).is_file() for n in ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
-        )
-
-    if ok(path):
-        return path
-    for name in ("encoder", "final", "export", "model"):
-        if ok(path / name):
-            return path / name
-    ckpts = sorted(
-        (p for p in path.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
-        key=lambda p: int(p.name.split("-")[-1]), reverse=True,
-    )
-    for p in ckpts:
-        if ok(p):
-            return p
-    return None
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

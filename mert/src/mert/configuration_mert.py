@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,21 @@ ARCHITECTURE_FIELDS = (
     "feat_proj_layer_norm", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
     "hidden_act", "layer_norm_eps", "num_conv_pos_embeddings", "num_conv_pos_embedding_groups", "conv_pos_batch_norm",
     "do_stable_layer_norm", "final_dim", "num_codebooks", "codebook_size", "cqt_bins",
+)
+
+
+#: declared type of each checked field (annotations are strings under ``from __future__ import annotations``)
+_FIELD_KINDS = {"int": "int", "float": "float", "bool": "bool", "str": "str", "list[int]": "list[int]"}
+#: integer fields that must be >= 1 (sizes, counts, lengths)
+_POSITIVE_INTS = (
+    "sample_rate", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+    "num_conv_pos_embeddings", "num_conv_pos_embedding_groups", "mask_time_length", "mask_length",
+    "feature_extractor_cqt_bins", "final_dim", "num_codebooks", "codebook_size", "cqt_bins",
+)
+#: fields that are probabilities
+_PROBABILITIES = (
+    "feat_proj_dropout", "hidden_dropout", "attention_dropout", "activation_dropout", "layerdrop", "mask_time_prob",
+    "mask_feature_prob", "mask_prob",
 )
 
 
@@ -151,10 +167,32 @@ class MERTConfig:
     as the released layout (codes listed 0..N-1 in order, row = 4 + c); otherwise row = code."""
 
     def __post_init__(self) -> None:
+        self.check_types()
         self.conv_dim = [int(x) for x in self.conv_dim]
         self.conv_kernel = [int(x) for x in self.conv_kernel]
         self.conv_stride = [int(x) for x in self.conv_stride]
         self.validate()
+
+    def check_types(self) -> None:
+        """Every field has its declared type (a ``config.json`` with ``"hidden_size": "768"`` or ``true`` where a
+        number belongs is refused here, naming the field, instead of failing later inside torch)."""
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            kind = _FIELD_KINDS.get(str(f.type))
+            if kind is None:
+                continue
+            ok = {
+                "int": lambda x: isinstance(x, int) and not isinstance(x, bool),
+                "float": lambda x: isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x),
+                "bool": lambda x: isinstance(x, bool),
+                "str": lambda x: isinstance(x, str),
+                "list[int]": lambda x: isinstance(x, (list, tuple)) and all(
+                    isinstance(y, int) and not isinstance(y, bool) for y in x),
+            }[kind](v)
+            if not ok:
+                want = {"int": "an integer", "float": "a finite number", "bool": "true or false", "str": "a string",
+                        "list[int]": "a list of integers"}[kind]
+                raise MERTConfigError(f"field {f.name!r}: expected {want}, got {type(v).__name__} {v!r}")
 
     # ------------------------------------------------------------------ derived
     @property
@@ -200,6 +238,21 @@ class MERTConfig:
         return n
 
     def validate(self) -> None:
+        """Value ranges and cross-field consistency; raises :class:`MERTConfigError` naming the field."""
+        for name in _POSITIVE_INTS:
+            if getattr(self, name) < 1:
+                raise MERTConfigError(f"field {name!r} must be >= 1, got {getattr(self, name)!r}")
+        for name in ("conv_dim", "conv_kernel", "conv_stride"):
+            if any(x < 1 for x in getattr(self, name)):
+                raise MERTConfigError(f"field {name!r}: every entry must be >= 1, got {getattr(self, name)}")
+        for name in _PROBABILITIES:
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise MERTConfigError(f"field {name!r} must be in [0, 1], got {getattr(self, name)!r}")
+        for name in ("layer_norm_eps", "logit_temp"):
+            if not getattr(self, name) > 0:
+                raise MERTConfigError(f"field {name!r} must be > 0, got {getattr(self, name)!r}")
+        if self.mask_min_masks < 0 or self.feature_grad_mult < 0:
+            raise MERTConfigError("fields 'mask_min_masks' and 'feature_grad_mult' must be >= 0")
         n = len(self.conv_dim)
         if not (len(self.conv_kernel) == len(self.conv_stride) == n) or n == 0:
             raise MERTConfigError(

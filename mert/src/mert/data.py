@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -42,27 +43,64 @@ class DataError(ValueError):
 # ---------------------------------------------------------------------------------------------------------------------
 # Manifests
 # ---------------------------------------------------------------------------------------------------------------------
-def read_manifest(path: str | Path) -> list[dict]:
-    """Rows of a jsonl manifest; relative ``path`` fields are resolved against the manifest's folder."""
+def check_manifest_row(row: object, where: str) -> dict:
+    """``row`` if it is a usable manifest row, else a :class:`DataError` naming ``where`` and the field.
+
+    A row is a JSON object with ``path`` (non-empty string), ``duration`` (finite number >= 0) and ``sample_rate``
+    (positive integer); other fields are kept as they are.
+    """
+    if not isinstance(row, dict):
+        raise DataError(f"{where}: row must be a JSON object, got {type(row).__name__} {row!r:.60}")
+    for key in ("path", "duration", "sample_rate"):
+        if key not in row:
+            raise DataError(f"{where}: row lacks {key!r}")
+    p, dur, sr = row["path"], row["duration"], row["sample_rate"]
+    if not isinstance(p, str) or not p.strip() or "\x00" in p:
+        raise DataError(f"{where}: field 'path' must be a non-empty string without NUL, got {type(p).__name__} {p!r:.60}")
+    if isinstance(dur, bool) or not isinstance(dur, (int, float)) or not math.isfinite(dur) or dur < 0:
+        raise DataError(f"{where}: field 'duration' must be a finite number >= 0, got {dur!r:.40}")
+    if isinstance(sr, bool) or not isinstance(sr, int) or sr <= 0:
+        raise DataError(f"{where}: field 'sample_rate' must be a positive integer, got {sr!r:.40}")
+    return row
+
+
+def read_manifest(path: str | Path, problems: list[str] | None = None) -> list[dict]:
+    """Rows of a jsonl manifest; relative ``path`` fields are resolved against the manifest's folder.
+
+    A malformed row (invalid JSON, not an object, a missing or mistyped field) is skipped with a warning that names
+    ``<file>:<line>`` and the field, and appended to ``problems`` when given; a manifest with no usable row at all
+    is a :class:`DataError` that lists the first problems.
+    """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: manifest not found (write one with `mert prepare manifest`)")
-    rows = []
-    for i, line in enumerate(path.read_text().splitlines()):
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: cannot read manifest ({e})") from e
+    rows, bad = [], []
+    for i, line in enumerate(text.splitlines()):
         if not line.strip():
             continue
+        where = f"{path}:{i + 1}"
         try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{i + 1}: not valid JSON ({e})") from e
-        for key in ("path", "duration", "sample_rate"):
-            if key not in row:
-                raise DataError(f"{path}:{i + 1}: row lacks {key!r}")
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{where}: not valid JSON ({e})") from e
+            row = check_manifest_row(row, where)
+        except DataError as e:
+            bad.append(str(e))
+            continue
         p = Path(row["path"])
         row["path"] = str(p if p.is_absolute() else (path.parent / p).resolve())
         rows.append(row)
+    if bad:
+        log.warning("%s: %d malformed row(s) skipped, e.g. %s", path, len(bad), "; ".join(bad[:3]))
+        if problems is not None:
+            problems.extend(bad)
     if not rows:
-        raise DataError(f"{path}: manifest is empty")
+        raise DataError(f"{path}: manifest has no usable row" + (f" ({'; '.join(bad[:3])})" if bad else " (empty)"))
     return rows
 
 
@@ -139,9 +177,13 @@ class LabelStore:
         meta_path = self.dir / "teacher.json"
         if not meta_path.is_file():
             raise DataError(f"{self.dir}: no label cache (teacher.json missing); run `mert prepare labels`")
-        self.meta = json.loads(meta_path.read_text())
-        n_shards = int(self.meta["num_shards"])
-        self.codebook_sizes = list(self.meta["codebook_sizes"])
+        try:
+            self.meta = json.loads(meta_path.read_text())
+            n_shards = int(self.meta["num_shards"])
+            self.codebook_sizes = [int(c) for c in self.meta["codebook_sizes"]]
+        except (ValueError, KeyError, TypeError) as e:
+            raise DataError(f"{meta_path}: not a label-cache description ({type(e).__name__}: {e}); "
+                            "delete the folder and run `mert prepare labels` again") from e
         self._arrays: list[np.ndarray] = []
         self._index: list[tuple[int, int, int] | None] = [None] * len(rows)
         missing = []
@@ -150,9 +192,9 @@ class LabelStore:
             if not (self.dir / f"{name}.json").is_file():
                 missing.append(name)
                 continue
-            idx = json.loads((self.dir / f"{name}.json").read_text())
+            idx, arr = self._read_shard(name)
             arr_id = len(self._arrays)
-            self._arrays.append(np.load(self.dir / f"{name}.npy", mmap_mode="r", allow_pickle=False))
+            self._arrays.append(arr)
             start, end = shard_bounds(len(rows), s, n_shards)
             if len(idx["rows"]) != end - start:
                 raise DataError(f"{self.dir}/{name}: {len(idx['rows'])} rows, expected {end - start} (another manifest?)")
@@ -163,6 +205,29 @@ class LabelStore:
                     self._index[start + j] = (arr_id, entry["offset"], entry["length"])
         if missing:
             raise DataError(f"{self.dir}: label shards missing: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
+
+    def _read_shard(self, name: str) -> tuple[dict, np.ndarray]:
+        """(index, labels [K, sum T] memory-mapped) of one shard; :class:`DataError` naming the file when a part is
+        empty, truncated or inconsistent (a zero-byte ``.npy`` left by a full disk, an edited index)."""
+        jpath, npath = self.dir / f"{name}.json", self.dir / f"{name}.npy"
+        try:
+            idx = json.loads(jpath.read_text())
+            entries = idx["rows"]
+            total = sum(int(e["length"]) for e in entries)
+        except (ValueError, KeyError, TypeError) as e:
+            raise DataError(f"{jpath}: not a label-shard index ({type(e).__name__}: {e}); run `mert prepare labels` "
+                            "again for this shard (delete the file first)") from e
+        if not npath.is_file():
+            raise DataError(f"{npath}: label array missing (its index {jpath.name} exists)")
+        if npath.stat().st_size == 0:
+            raise DataError(f"{npath}: empty file (0 bytes); delete {jpath.name} and recompute the shard")
+        try:
+            arr = np.load(npath, mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError, EOFError) as e:
+            raise DataError(f"{npath}: not a label array ({type(e).__name__}: {e})") from e
+        if arr.ndim != 2 or arr.dtype.kind not in "iu" or arr.shape[1] != total:
+            raise DataError(f"{npath}: shape {arr.shape} {arr.dtype}, its index expects [K, {total}] integers")
+        return idx, arr
 
     @property
     def num_codebooks(self) -> int:

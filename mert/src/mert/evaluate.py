@@ -351,7 +351,7 @@ def _failed(folder: Path) -> dict[str, str]:
 
 def load_features(folder: Path, data: TaskData) -> tuple[dict[str, np.ndarray], list[str]]:
     """{id: features} for every example with a feature file, and problems for the others (extraction failures)."""
-    from .extract import read_features
+    from .extract import FeatureFileError, read_features
 
     failed = _failed(folder)
     feats, problems = {}, []
@@ -362,7 +362,10 @@ def load_features(folder: Path, data: TaskData) -> tuple[dict[str, np.ndarray], 
         if not f.is_file():
             problems.append(f"{e.id}: no features ({failed.get(e.id, 'not extracted')})")
             continue
-        feats[e.id] = read_features(f).astype(np.float32)
+        try:
+            feats[e.id] = read_features(f).astype(np.float32)
+        except FeatureFileError as err:  # empty/truncated cache file: reported with the other problems
+            problems.append(f"{e.id}: unreadable features ({err})")
     return feats, problems
 
 

@@ -12,8 +12,10 @@ Output per input (``<out>/<id>.npy`` or ``.safetensors``, tensor ``features``):
     pooling "mean":   [L, D]     time average of those frames
     pooling "window": [L, K, D]  one time average per window (MARBLE style; tails under ``min_window_s`` dropped)
 plus one JSON line per finished item in ``index.jsonl`` (``index-<i>-of-<n>.jsonl`` for ``--shard i/n``) and one
-per failed item in ``failed[-<i>-of-<n>].jsonl``. A re-run skips items whose output exists; files are written
-atomically, so a killed run never leaves a partial output.
+per failed item in ``failed[-<i>-of-<n>].jsonl``. A re-run skips items whose output is a complete feature file of
+the same settings (header and size checked; anything else under that name is extracted again and reported); files
+are written atomically, so a killed run never leaves a partial output. Output ids are relative paths checked to stay
+inside the output folder (``../x``, absolute paths, empty ids, NUL are refused per row, reported, skipped).
 
 Input handling (documented behaviour, tested): any channel count is averaged to mono; any sample rate is
 resampled (soxr) to the model's rate with a warning; silent input is processed and flagged ``silent`` in the
@@ -23,6 +25,7 @@ reported in the failed file and skipped.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -46,8 +49,24 @@ FORMATS = ("npy", "safetensors")
 SETTINGS_NAME = "extract_config.json"
 
 
+MIN_SAMPLE_RATE = 1000
+"""Lowest input rate accepted (below it a file is not audio, and resampling to 24 kHz would multiply its length)."""
+MAX_SAMPLE_RATE = 768_000
+MAX_CHANNELS = 64
+"""More "channels" than this in an in-memory [C, N] array is almost surely an [N, C] array: refused."""
+
+
 class ExtractError(ValueError):
     """A problem with one input (too short, unreadable) or with the extraction settings."""
+
+
+def check_sample_rate(sr: Any, where: str) -> int:
+    """``sr`` as an int in [MIN_SAMPLE_RATE, MAX_SAMPLE_RATE], else an :class:`ExtractError` naming ``where``."""
+    if isinstance(sr, bool) or not isinstance(sr, (int, np.integer)):
+        raise ExtractError(f"{where}: sample rate must be an integer number of Hz, got {sr!r}")
+    if not MIN_SAMPLE_RATE <= int(sr) <= MAX_SAMPLE_RATE:
+        raise ExtractError(f"{where}: sample rate {int(sr)} Hz is outside {MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE} Hz")
+    return int(sr)
 
 
 # ============================================================================================ options, items
@@ -104,6 +123,8 @@ class ExtractSummary:
     done: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
+    redone: dict[str, str] = field(default_factory=dict)
+    """Items whose existing output was not a valid feature file of these settings (reason): extracted again."""
     windows: int = 0
     audio_seconds: float = 0.0
     seconds: float = 0.0
@@ -112,7 +133,8 @@ class ExtractSummary:
     def line(self) -> str:
         rate = self.audio_seconds / self.seconds if self.seconds > 0 else float("nan")
         return (
-            f"extracted {len(self.done)}, skipped (already done) {len(self.skipped)}, failed {len(self.failed)}; "
+            f"extracted {len(self.done)}, skipped (already done) {len(self.skipped)}, failed {len(self.failed)}"
+            + (f", redone (invalid earlier output) {len(self.redone)}" if self.redone else "") + "; "
             f"{self.windows} windows, {self.audio_seconds:.1f} s of audio in {self.seconds:.1f} s ({rate:.1f}x real time)"
         )
 
@@ -130,7 +152,49 @@ def parse_shard(text: str | None) -> tuple[int, int]:
     return i, n
 
 
-def _manifest_items(path: Path) -> list[Item]:
+@dataclass
+class BadRow:
+    """A manifest row (or input) that names no usable item: skipped and reported, the rest of the batch goes on."""
+
+    where: str
+    """``<manifest>:<line>`` (or the input as given)."""
+    error: str
+    """Why it was refused (names the field)."""
+
+
+def check_item_id(iid: Any, where: str) -> str:
+    """``iid`` if it names a file strictly inside the output folder, else an :class:`ExtractError` naming ``where``.
+
+    An id is a relative POSIX path: not empty, no empty, ``.`` or ``..`` parts (so ``../../x`` and ``/abs`` cannot
+    escape ``--out``), no NUL or other control characters, no part longer than 200 bytes (file-name limits).
+    """
+    if not isinstance(iid, str):
+        raise ExtractError(f"{where}: field 'id' must be a string, got {type(iid).__name__} {iid!r}")
+    if not iid:
+        raise ExtractError(f"{where}: field 'id' is empty")
+    if any(ord(c) < 32 or c == "\x7f" for c in iid):
+        raise ExtractError(f"{where}: field 'id' {iid!r} contains NUL or control characters")
+    parts = iid.split("/")
+    if iid.startswith("/"):
+        raise ExtractError(f"{where}: field 'id' {iid!r} is an absolute path; ids name files inside --out")
+    if any(p in ("", ".", "..") for p in parts):
+        raise ExtractError(f"{where}: field 'id' {iid!r} has an empty, '.' or '..' part; ids must stay inside --out")
+    if any(len(p.encode("utf-8", "surrogateescape")) > 200 for p in parts):
+        raise ExtractError(f"{where}: field 'id' {iid[:40]!r}...: a path part is longer than 200 bytes")
+    return iid
+
+
+def _check_path_text(p: Any, where: str, field_name: str = "path") -> str:
+    if not isinstance(p, str) or not p.strip():
+        raise ExtractError(f"{where}: field {field_name!r} must be a non-empty string, got {type(p).__name__} {p!r}")
+    if "\x00" in p:
+        raise ExtractError(f"{where}: field {field_name!r} contains a NUL byte")
+    return p
+
+
+def _manifest_items(path: Path, bad: list[BadRow] | None = None) -> list[Item]:
+    """Items of one manifest. A row that is not usable (invalid JSON, not an object, a missing or non-string path,
+    an id that would leave the output folder) is appended to ``bad`` (or raised when ``bad`` is None)."""
     items: list[Item] = []
     base = path.parent
 
@@ -143,46 +207,80 @@ def _manifest_items(path: Path) -> list[Item]:
                 return root / q
         return base / q
 
-    if path.suffix == ".jsonl":
-        for n, line in enumerate(path.read_text().splitlines(), 1):
-            if not line.strip():
-                continue
+    def row_item(n: int, text: str) -> Item:
+        where = f"{path}:{n}"
+        if path.suffix == ".jsonl":
             try:
-                row = json.loads(line)
+                row = json.loads(text)
             except json.JSONDecodeError as e:
-                raise ExtractError(f"{path}:{n}: not valid JSON ({e})") from e
-            p = row.get("path") or row.get("audio") or row.get("mix")
-            if not p:
-                raise ExtractError(f"{path}:{n}: row has no 'path' (or 'audio'/'mix') field")
-            items.append(Item(str(row.get("id") or Path(p).with_suffix("").as_posix()), resolve(p)))
-    elif path.suffix == ".tsv":  # fairseq manifest: first line is the root, then "relpath<TAB>frames"
-        lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+                raise ExtractError(f"{where}: not valid JSON ({e})") from e
+            if not isinstance(row, dict):
+                raise ExtractError(f"{where}: row must be a JSON object with a 'path' field, got {type(row).__name__}")
+            # the first non-empty of path/audio/mix (as before); else the first present one, to say what is wrong
+            key = next((k for k in ("path", "audio", "mix") if row.get(k)), None) or next(
+                (k for k in ("path", "audio", "mix") if row.get(k) is not None), None)
+            if key is None:
+                raise ExtractError(f"{where}: row has no 'path' (or 'audio'/'mix') field")
+            p = _check_path_text(row[key], where, key)
+            iid = row.get("id")
+            iid = Path(p).with_suffix("").as_posix() if iid is None else iid
+            return Item(check_item_id(iid, where), resolve(p))
+        if path.suffix == ".tsv":  # fairseq: "relpath<TAB>frames" under the root on line 1
+            rel = _check_path_text(text.split("\t")[0], where)
+            return Item(check_item_id(Path(rel).with_suffix("").as_posix(), where), root / rel)
+        q = resolve(_check_path_text(text.strip(), where))  # .txt / .lst: one path per line
+        return Item(check_item_id(q.stem, where), q)
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ExtractError(f"{path}: cannot read manifest ({e})") from e
+    lines = list(enumerate(text.splitlines(), 1))
+    if path.suffix == ".tsv":
+        lines = [(n, ln) for n, ln in lines if ln.strip()]
         if not lines:
             raise ExtractError(f"{path}: empty manifest")
-        root = Path(lines[0].strip())
-        for ln in lines[1:]:
-            rel = ln.split("\t")[0]
-            items.append(Item(Path(rel).with_suffix("").as_posix(), root / rel))
-    else:  # .txt / .lst: one path per line
-        for ln in path.read_text().splitlines():
-            if ln.strip() and not ln.startswith("#"):
-                q = resolve(ln.strip())
-                items.append(Item(q.stem, q))
+        root = Path(lines[0][1].strip())
+        lines = lines[1:]
+    for n, line in lines:
+        if not line.strip() or (path.suffix not in (".jsonl", ".tsv") and line.startswith("#")):
+            continue
+        try:
+            items.append(row_item(n, line))
+        except ExtractError as e:
+            if bad is None:
+                raise
+            bad.append(BadRow(f"{path}:{n}", str(e)))
     return items
 
 
-def collect_items(inputs: Iterable[str | Path]) -> list[Item]:
-    """Audio files, folders (searched recursively; ids keep the sub-folders) and manifests (.jsonl/.tsv/.txt/.lst)."""
+def collect_items(inputs: Iterable[str | Path], bad: list[BadRow] | None = None) -> list[Item]:
+    """Audio files, folders (searched recursively; ids keep the sub-folders) and manifests (.jsonl/.tsv/.txt/.lst).
+
+    Unusable manifest rows and inputs whose id would leave the output folder go to ``bad`` (skipped; the caller
+    reports them) or, when ``bad`` is None, raise :class:`ExtractError`. Two different files with one output id are
+    refused before any work (no output is overwritten by another input's features).
+    """
     items: list[Item] = []
+
+    def add(iid: str, p: Path, where: str) -> None:
+        try:
+            items.append(Item(check_item_id(iid, where), p))
+        except ExtractError as e:
+            if bad is None:
+                raise
+            bad.append(BadRow(where, str(e)))
+
     for inp in inputs:
         p = Path(inp).expanduser()
         if p.is_dir():
             files = sorted(f for f in p.rglob("*") if f.suffix.lower() in AUDIO_EXTS and f.is_file())
-            items += [Item(f.relative_to(p).with_suffix("").as_posix(), f) for f in files]
+            for f in files:
+                add(f.relative_to(p).with_suffix("").as_posix(), f, str(f))
         elif p.suffix.lower() in (".jsonl", ".tsv", ".txt", ".lst") and p.is_file():
-            items += _manifest_items(p)
+            items += _manifest_items(p, bad)
         else:
-            items.append(Item(p.stem, p))  # a missing file is reported as a failed item, not here
+            add(p.stem, p, str(inp))  # a missing file is reported as a failed item, not here
     seen: dict[str, Path] = {}
     dups = []
     for it in items:
@@ -194,6 +292,16 @@ def collect_items(inputs: Iterable[str | Path]) -> list[Item]:
     # identical (id, path) pairs given twice are extracted once
     uniq = {(it.id, str(it.path)): it for it in items}
     return sorted(uniq.values(), key=lambda it: it.id)
+
+
+def output_path(out_dir: Path, iid: str, fmt: str) -> Path:
+    """``<out_dir>/<id>.<fmt>``, refused (:class:`ExtractError`) unless it lies inside ``out_dir`` once resolved
+    (a second guard after :func:`check_item_id`: a symlinked sub-folder pointing elsewhere is refused too)."""
+    out = out_dir / f"{check_item_id(iid, iid)}.{fmt}"
+    root = out_dir.resolve()
+    if not out.parent.resolve().is_relative_to(root):
+        raise ExtractError(f"{iid}: output {out} resolves outside the output folder {root}")
+    return out
 
 
 # ============================================================================================ windows
@@ -293,14 +401,82 @@ def write_features(path: Path, chunks: Iterable[np.ndarray | bytes] | np.ndarray
             raise RuntimeError(f"{path}: wrote {written} bytes of features, expected {expect}")
 
 
-def read_features(path: str | Path) -> np.ndarray:
-    """Load a feature file written by :func:`extract` (.npy or .safetensors)."""
-    path = Path(path)
-    if path.suffix == ".npy":
-        return np.load(path)
-    from safetensors.numpy import load_file
+class FeatureFileError(ExtractError):
+    """A feature file that cannot be used: empty, truncated, not .npy/.safetensors, a pickle, no ``features``."""
 
-    return load_file(str(path))["features"]
+
+_ST_DTYPES = {"F32": np.float32, "F16": np.float16, "F64": np.float64}
+_MAX_ST_HEADER = 100 << 20  # a safetensors header larger than this is not one of ours (and not worth parsing)
+
+
+def feature_header(path: str | Path) -> tuple[tuple[int, ...], np.dtype, dict[str, str]]:
+    """(shape, dtype, metadata) of a feature file from its header, checked against the file size.
+
+    Reads only the header, so checking a finished 20-minute frame-level output costs microseconds. Raises
+    :class:`FeatureFileError` naming the file for anything :func:`read_features` could not load in full.
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            if path.suffix == ".npy":
+                try:
+                    version = np.lib.format.read_magic(f)
+                    read = {(1, 0): np.lib.format.read_array_header_1_0,
+                            (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+                    if read is None:
+                        raise ValueError(f"unsupported .npy version {version}")
+                    shape, fortran, dtype = read(f)
+                except (ValueError, EOFError) as e:
+                    raise FeatureFileError(f"{path}: not a .npy array ({size} bytes; {e})") from e
+                if dtype.hasobject:
+                    raise FeatureFileError(f"{path}: holds Python objects (a pickle), not features")
+                if fortran:
+                    raise FeatureFileError(f"{path}: Fortran-ordered array, not written by mert extract")
+                expect = f.tell() + int(np.prod(shape)) * dtype.itemsize
+                meta: dict[str, str] = {}
+            elif path.suffix == ".safetensors":
+                if size < 8:
+                    raise FeatureFileError(f"{path}: not a safetensors file ({size} bytes)")
+                (n,) = struct.unpack("<Q", f.read(8))
+                if n > min(size - 8, _MAX_ST_HEADER):
+                    raise FeatureFileError(f"{path}: not a safetensors file (header length {n} for {size} bytes)")
+                try:
+                    header = json.loads(f.read(n))
+                    meta = header.pop("__metadata__", None) or {}
+                    ent = header["features"]
+                    dtype = np.dtype(_ST_DTYPES[ent["dtype"]])
+                    shape = tuple(int(x) for x in ent["shape"])
+                    begin, end = (int(x) for x in ent["data_offsets"])
+                except (ValueError, KeyError, TypeError) as e:
+                    raise FeatureFileError(f"{path}: no readable 'features' tensor in the safetensors header ({e})") from e
+                if end - begin != int(np.prod(shape)) * dtype.itemsize:
+                    raise FeatureFileError(f"{path}: 'features' offsets do not match its shape {shape}")
+                expect = 8 + n + end
+            else:
+                raise FeatureFileError(f"{path}: not a feature file (expected .npy or .safetensors)")
+    except OSError as e:
+        raise FeatureFileError(f"{path}: cannot read ({e})") from e
+    if size != expect:
+        raise FeatureFileError(f"{path}: truncated or padded: {size} bytes, its header says {expect}")
+    return tuple(shape), np.dtype(dtype), dict(meta)
+
+
+def read_features(path: str | Path) -> np.ndarray:
+    """Load a feature file written by :func:`extract` (.npy or .safetensors) -> [L, T, D] / [L, D] / [L, K, D].
+
+    Raises :class:`FeatureFileError` (naming the file) for an empty, truncated or foreign file; never unpickles.
+    """
+    path = Path(path)
+    feature_header(path)
+    try:
+        if path.suffix == ".npy":
+            return np.load(path, allow_pickle=False)
+        from safetensors.numpy import load_file
+
+        return load_file(str(path))["features"]
+    except Exception as e:  # noqa: BLE001 - numpy/safetensors raise several types; all mean "unreadable file"
+        raise FeatureFileError(f"{path}: cannot load features ({type(e).__name__}: {e})") from e
 
 
 class _FileResult:
@@ -323,7 +499,8 @@ class _FileResult:
         if opts.pooling == "none" and spool_dir is not None:
             # Frame-level output is spooled per layer to disk, so memory stays flat for any length.
             spool_dir.mkdir(parents=True, exist_ok=True)
-            base = spool_dir / f".{item.id.replace('/', '__')}"
+            # a hash of the id: no two items share a spool name ("a/b" vs "a__b"), and long ids stay short
+            base = spool_dir / f".spool-{hashlib.sha1(item.id.encode('utf-8', 'surrogateescape')).hexdigest()[:16]}"
             self.spool_paths = [Path(f"{base}.L{i}.part") for i in range(n_layers)]
             self.spool = [open(p, "wb") for p in self.spool_paths]
 
@@ -439,6 +616,7 @@ class FeatureExtractor:
         from musiccore.audio import audio_info, iter_windows
 
         info = audio_info(item.path)
+        check_sample_rate(info.sample_rate, str(item.path))
         if info.sample_rate != self.sample_rate and info.sample_rate not in self._rate_warned:
             self._rate_warned.add(info.sample_rate)
             logger.warning(
@@ -470,7 +648,19 @@ class FeatureExtractor:
         [L, K, D] by pooling). Windows are batched; the whole waveform is held in memory."""
         from musiccore.audio import resample, to_mono
 
-        wav = np.asarray(wav, dtype=np.float32)
+        sample_rate = check_sample_rate(sample_rate, "waveform")
+        arr = np.asarray(wav)
+        if arr.dtype.kind not in "fiub":
+            raise ExtractError(f"waveform must be a real numeric array, got dtype {arr.dtype}")
+        if arr.ndim not in (1, 2):
+            raise ExtractError(f"waveform must be [N] or [C, N], got shape {tuple(arr.shape)}")
+        if arr.ndim == 2 and arr.shape[0] > MAX_CHANNELS:
+            raise ExtractError(f"waveform of shape {tuple(arr.shape)} has {arr.shape[0]} channels (> {MAX_CHANNELS}): "
+                               "expected [C, N]; transpose an [N, C] array")
+        if arr.size == 0:
+            raise ExtractError(f"waveform is empty (shape {tuple(arr.shape)})")
+        with np.errstate(over="ignore"):  # float64 beyond float32's range becomes inf: refused just below
+            wav = arr.astype(np.float32)
         if wav.ndim == 1:
             wav = wav[None]
         if not np.isfinite(wav).all():
@@ -480,6 +670,7 @@ class FeatureExtractor:
             logger.warning("waveform at %d Hz resampled to the model's %d Hz", sample_rate, self.sample_rate)
             wav = resample(wav, sample_rate, self.sample_rate)
         res = self._new_result(Item("array", Path("array")), None)
+        wav_peak = float(np.abs(wav).max()) if wav.size else 0.0
         wins = [(k, s, w, last) for k, s, w, last in _with_last_flag(_array_windows(wav, self.plan))]
         wins = [t for t in wins if self._check_window("waveform", t[0], t[2])]
         for i in range(0, len(wins), self.opts.batch_size):
@@ -491,6 +682,8 @@ class FeatureExtractor:
             outs = {}
             for g in groups.values():
                 h = self.forward_windows([t[2] for t in g])
+                if not np.isfinite(h).all():
+                    raise ExtractError(f"waveform: the model produced non-finite features (input peak {wav_peak:.3g})")
                 for t, hh in zip(g, h):
                     outs[t[0]] = hh
             for k, s, w, last in batch:
@@ -502,24 +695,64 @@ class FeatureExtractor:
                            min_window_samples=int(round(self.opts.min_window_s * self.sample_rate)))
 
     # -------------------------------------------------------------- files
+    def output_problem(self, out: Path, row: dict | None = None) -> str | None:
+        """None when ``out`` is a complete feature file of these settings (layers, pooling, dtype, width; and the
+        shape of its index ``row`` when there is one), else why not. Decides "already done" on a re-run."""
+        try:
+            shape, dtype, meta = feature_header(out)
+        except FeatureFileError as e:
+            return str(e)
+        ndim = 2 if self.opts.pooling == "mean" else 3
+        expect = f"[{len(self.layers)}, {'T, ' if ndim == 3 else ''}{self.model.config.hidden_size}]"
+        if len(shape) != ndim or shape[0] != len(self.layers) or shape[-1] != self.model.config.hidden_size:
+            return f"{out}: shape {list(shape)}, expected {expect} for pooling {self.opts.pooling!r}"
+        if dtype != np.dtype(self.opts.dtype):
+            return f"{out}: dtype {dtype}, expected {self.opts.dtype}"
+        if meta and (meta.get("layers") != json.dumps(self.layers) or meta.get("pooling") != self.opts.pooling):
+            return f"{out}: written with layers {meta.get('layers')} / pooling {meta.get('pooling')}"
+        if row is not None and row.get("shape") is not None and list(shape) != list(row["shape"]):
+            return f"{out}: shape {list(shape)} differs from its index row {row['shape']}"
+        return None
+
     def run(self, items: list[Item], out_dir: Path, index_path: Path, failed_path: Path,
-            progress: bool | None = None) -> ExtractSummary:
-        """Extract every item (skipping finished ones) with cross-file batching of equal-length windows."""
+            progress: bool | None = None, bad_rows: Iterable[BadRow] = ()) -> ExtractSummary:
+        """Extract every item (skipping finished ones) with cross-file batching of equal-length windows.
+
+        ``bad_rows`` (unusable manifest rows) are reported in the failed file and the summary first.
+        """
         from musiccore.runs import append_jsonl
 
         out_dir.mkdir(parents=True, exist_ok=True)
         stats = self.stats
         t0 = time.perf_counter()
+        for b in bad_rows:
+            stats.failed[b.where] = b.error
+            logger.error("skipping %s", b.error)
+            append_jsonl(failed_path, {"id": b.where, "path": b.where, "error": b.error})
         todo = []
-        indexed = _indexed_ids(out_dir)
+        index_rows = _index_rows(out_dir)
         for it in items:
-            out = out_dir / f"{it.id}.{self.opts.fmt}"
-            if out.exists():
-                stats.skipped.append(it.id)
-                if it.id not in indexed:  # killed between writing the output and its index line
-                    append_jsonl(index_path, {"id": it.id, "path": str(it.path), "output": out.name, "recovered": True})
-            else:
-                todo.append(it)
+            try:
+                out = output_path(out_dir, it.id, self.opts.fmt)
+            except ExtractError as e:
+                stats.failed[it.id] = str(e)
+                logger.error("skipping %s", e)
+                append_jsonl(failed_path, {"id": it.id, "path": str(it.path), "error": str(e)})
+                continue
+            if out.exists() or out.is_symlink():
+                problem = self.output_problem(out, index_rows.get(it.id))
+                if problem is None:
+                    stats.skipped.append(it.id)
+                    if it.id not in index_rows:  # killed between writing the output and its index line
+                        shape = list(feature_header(out)[0])
+                        append_jsonl(index_path, {"id": it.id, "path": str(it.path),
+                                                  "output": out.relative_to(out_dir).as_posix(), "shape": shape,
+                                                  "recovered": True})
+                    continue
+                # a file with this name that is not a valid output of these settings: extract again, say so
+                logger.warning("%s: existing output is not valid (%s): extracting again", it.id, problem)
+                stats.redone[it.id] = problem
+            todo.append(it)
         if stats.skipped:
             logger.info("%d items already extracted in %s: skipped", len(stats.skipped), out_dir)
 
@@ -548,8 +781,10 @@ class FeatureExtractor:
 
         def finish(item: Item) -> None:
             r = results.pop(item.id)
-            out = out_dir / f"{item.id}.{self.opts.fmt}"
+            out = output_path(out_dir, item.id, self.opts.fmt)
             out.parent.mkdir(parents=True, exist_ok=True)
+            if out.is_symlink():
+                out.unlink()  # replace the link itself, never write through it
             meta = {"layers": json.dumps(self.layers), "pooling": self.opts.pooling,
                     "sample_rate": str(self.sample_rate), "frame_rate": str(self.model.config.frame_rate)}
             r.write(out, meta)
@@ -560,7 +795,7 @@ class FeatureExtractor:
                 "id": item.id, "path": str(item.path), "output": out.relative_to(out_dir).as_posix(),
                 "shape": list(r.shape()), "layers": self.layers, "pooling": self.opts.pooling,
                 "num_frames": r.frames, "num_windows": r.windows, "duration_s": r.samples / self.sample_rate,
-                "silent": silent,
+                "silent": silent, **({"redone": stats.redone[item.id]} if item.id in stats.redone else {}),
             })
             stats.done.append(item.id)
             stats.audio_seconds += r.samples / self.sample_rate
@@ -579,6 +814,10 @@ class FeatureExtractor:
                 r = results.get(iid)
                 if r is None:
                     continue  # the file failed after this window was queued
+                if not np.isfinite(hh).all():  # e.g. finite but huge samples overflow inside the model
+                    fail(by_id[iid], ExtractError(f"{by_id[iid].path}: the model produced non-finite features in "
+                                                  f"window {k} (input peak {float(np.abs(w).max()):.3g})"))
+                    continue
                 r.add(k, hh, last, w.shape[-1])
                 if last:
                     finish(by_id[iid])
@@ -588,7 +827,9 @@ class FeatureExtractor:
                 results[item.id] = self._new_result(item, out_dir)
                 got_any = False
                 for k, start, w, last in self._file_windows(item):
-                    r = results[item.id]
+                    r = results.get(item.id)
+                    if r is None:
+                        break  # failed inside a flush (non-finite features): its remaining windows are not read
                     r.samples = max(r.samples, start + w.shape[-1])
                     r.peak = max(r.peak, float(np.abs(w).max()) if w.size else 0.0)
                     if not self._check_window(str(item.path), k, w):
@@ -626,23 +867,27 @@ class FeatureExtractor:
         return stats
 
 
-def _indexed_ids(out_dir: Path) -> set[str]:
-    ids = set()
-    for p in out_dir.glob("index*.jsonl"):
-        for line in p.read_text().splitlines():
+def _index_rows(out_dir: Path) -> dict[str, dict]:
+    """id -> its newest index row over every shard's index file (unreadable lines, e.g. cut by a kill, skipped)."""
+    rows: dict[str, dict] = {}
+    for p in sorted(Path(out_dir).glob("index*.jsonl")):
+        for line in p.read_text(errors="replace").splitlines():
             try:
-                ids.add(json.loads(line)["id"])
-            except (json.JSONDecodeError, KeyError):
+                row = json.loads(line)
+                rows[row["id"]] = row
+            except (json.JSONDecodeError, KeyError, TypeError):
                 continue
-    return ids
+    return rows
+
+
+def _indexed_ids(out_dir: Path) -> set[str]:
+    return set(_index_rows(out_dir))
 
 
 def load_index(out_dir: str | Path) -> list[dict]:
-    """All index rows of an output folder (every shard's index file), sorted by id."""
-    rows = []
-    for p in sorted(Path(out_dir).glob("index*.jsonl")):
-        rows += [json.loads(ln) for ln in p.read_text().splitlines() if ln.strip()]
-    return sorted(rows, key=lambda r: r["id"])
+    """All index rows of an output folder (every shard's index file), one per id (the newest: an item redone
+    after its output was found invalid has two), sorted by id."""
+    return sorted(_index_rows(Path(out_dir)).values(), key=lambda r: r["id"])
 
 
 # ============================================================================================ public API
@@ -675,8 +920,9 @@ def extract(
     # Everything that can be wrong with the arguments is checked before the output folder and its
     # extract_config.json exist: a refused run must not leave settings that then refuse the corrected rerun.
     fx = FeatureExtractor(model, opts, device=device, autocast_dtype=autocast_dtype)
-    items = collect_items(inputs)
-    if not items:
+    bad: list[BadRow] = []
+    items = collect_items(inputs, bad)
+    if not items and not bad:
         raise ExtractError(f"no audio inputs found in {list(map(str, inputs))}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -692,14 +938,15 @@ def extract(
             )
     else:
         atomic_write_json(settings_path, settings)
-    items = items[i::n]
+    items, bad = items[i::n], bad[i::n]  # each shard reports its share of the bad rows
     suffix = "" if n == 1 else f"-{i}-of-{n}"
     logger.info(
         "extracting %d items (shard %d/%d) with layers %s, pooling %s, %.2f s windows (hop %.2f s) -> %s",
         len(items), i, n, fx.layers, opts.pooling, fx.plan.win_samples / fx.sample_rate,
         fx.plan.hop_samples / fx.sample_rate, out_dir,
     )
-    summary = fx.run(items, out_dir, out_dir / f"index{suffix}.jsonl", out_dir / f"failed{suffix}.jsonl", progress)
+    summary = fx.run(items, out_dir, out_dir / f"index{suffix}.jsonl", out_dir / f"failed{suffix}.jsonl", progress,
+                     bad_rows=bad)
     logger.info(summary.line())
     return summary
 
@@ -718,7 +965,7 @@ def resolve_model_folder(model: str | Path) -> Path:
 
     Raises :class:`ExtractError` saying how to get a model folder when ``model`` is a hub name or a missing path.
     """
-    from .cli import find_model_folder
+    from .model_folder import find_model_folder
 
     p = Path(model).expanduser()
     if not p.exists():

@@ -30,6 +30,7 @@ import numpy as np
 from musiccore.config import config_hash, to_dict
 from musiccore.runs import atomic_write_json, cache_dir
 
+from .config import codebook_sizes_of, load_train_config  # noqa: F401 (codebook_sizes_of: public name here too)
 from .data import (DataError, LabelStore, load_mono, manifest_digest, read_manifest, shard_bounds, shard_name,
                    write_label_shard, write_manifest)
 from .teachers import KMeansTeacher, TeacherError, build_acoustic_teacher
@@ -85,7 +86,7 @@ def datakit_rows(split: str, root: str | Path | None = None) -> list[dict]:
 
 
 def load_rows(data_cfg, split: str = "train") -> list[dict]:
-    """Manifest rows of a :class:`mert.train.DataConfig`: ``{split}_manifest`` if set, else the data kit's clips."""
+    """Manifest rows of a :class:`mert.config.DataConfig`: ``{split}_manifest`` if set, else the data kit's clips."""
     path = data_cfg.train_manifest if split == "train" else data_cfg.valid_manifest
     if path:
         return read_manifest(path)
@@ -187,13 +188,6 @@ def write_teacher_meta(cfg, rows: Sequence[dict], num_shards: int, codebook_size
     })
 
 
-def codebook_sizes_of(cfg) -> list[int]:
-    t = cfg.teacher
-    if t.kind == "kmeans":
-        return list(map(int, t.kmeans_clusters))
-    return [1024] * int(round(t.encodec_bandwidth * 1000 / (75 * 10)))
-
-
 def ensure_labels(cfg, rows: Sequence[dict], device: str = "cpu", num_shards: int | None = None) -> LabelStore:
     """Label cache of ``rows`` under ``cfg``; computed here (k-means fitted first if needed) when missing."""
     out_dir = label_dir_for(cfg, rows)
@@ -249,8 +243,6 @@ def main(args: argparse.Namespace | Sequence[str] | None = None) -> int:
             print(f"  bad: {b['path']}: {b['reason']}")
         return 0
     if cmd in ("kmeans", "labels"):
-        from .train import load_train_config
-
         cfg = load_train_config(args.config, args.overrides)
         if cmd == "kmeans":
             print(fit_kmeans(cfg))

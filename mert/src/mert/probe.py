@@ -80,7 +80,7 @@ def load_probe_data(features_dir: str | Path, task: str, datakit_root: str | Pat
     """Join `mert extract` outputs with the data kit's clip labels, split by the kit's splits."""
     from musiccore.data.manifest import load_manifest
 
-    from .extract import load_index, read_features
+    from .extract import FeatureFileError, load_index, read_features
 
     features_dir = Path(features_dir)
     index = load_index(features_dir)
@@ -95,7 +95,11 @@ def load_probe_data(features_dir: str | Path, task: str, datakit_root: str | Pat
         files = [p for p in (features_dir / f"{cid}.npy", features_dir / f"{cid}.safetensors") if p.is_file()]
         if not files:
             raise ProbeError(f"{features_dir}: index lists {cid} but its feature file is missing")
-        feats.append(read_features(files[0]).astype(np.float32))
+        try:
+            feats.append(read_features(files[0]).astype(np.float32))
+        except FeatureFileError as e:  # an empty or truncated file: skip the clip, say which, keep probing
+            log.warning("skipping %s: %s", cid, e)
+            continue
         rows.append(clips[cid])
     if not rows:
         raise ProbeError(f"{features_dir}: none of the {len(index)} extracted ids is a data-kit clip")

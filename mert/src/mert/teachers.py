@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -267,8 +268,8 @@ class KMeansTeacher:
                 meta = json.loads(bytes(z["meta"]).decode())
                 t = cls(meta["kinds"], meta["num_clusters"], meta["sample_rate"], meta["model_checkpoint"], meta["model_layer"])
                 t.codebooks = [KMeansCodebook(k, z[f"centers_{i}"], z[f"mean_{i}"], z[f"std_{i}"]) for i, k in enumerate(meta["kinds"])]
-        except (KeyError, ValueError, OSError) as e:
-            raise TeacherError(f"{path}: not a k-means teacher file ({e})") from e
+        except (KeyError, ValueError, OSError, EOFError, TypeError, zipfile.BadZipFile) as e:  # e.g. a 0-byte file
+            raise TeacherError(f"{path}: not a k-means teacher file ({type(e).__name__}: {e})") from e
         return t
 
 
