@@ -33,26 +33,54 @@ def test_exemplars_dropped_to_fit(tok_dir):
     assert fit[0].count("Answer: A\n") == 4
 
 
+def _independent_mean_loss(model, tok, text: str) -> float:
+    """The paper's per-candidate number computed here without chatmusician.mtb: HF's own causal-LM loss (mean over
+    the T-1 predicted tokens of the tokenizer-default encoding, BOS included) rescaled to OpenCompass's
+    sum / T real tokens."""
+    ids = torch.tensor([tok(text)["input_ids"]])
+    with torch.no_grad():
+        loss = model(input_ids=ids, labels=ids).loss.item()
+    T = ids.shape[1]
+    return loss * (T - 1) / T
+
+
 def test_ppl_prediction_is_argmin(tmp_path, tok_dir):
+    """Each prediction is the letter whose candidate has the lowest mean loss, per item: 12 questions with different
+    stems, whose gold answer is set to the independently computed argmin on even items and to another letter on odd
+    ones. Accuracy must be exactly 1/2 per subject and each predicted letter the argmin; a constant pick, the gold
+    letter, or the argmax would not give that."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from chatmusician.tokenization import load_tokenizer
 
     tok = load_tokenizer(str(tok_dir))
     torch.manual_seed(0)
+    # large initial weights: the answer letter's probability depends on the question (with the default 0.02 init a
+    # random model prefers one letter everywhere)
     model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                                         num_key_value_heads=2, intermediate_size=64)).eval()
-    rows = [{**ROW, "split": "test", "answer": x, "id": i} for i, x in enumerate("ABCD")]
+                                         num_key_value_heads=2, intermediate_size=64, initializer_range=1.0)).eval()
+    base = [{**ROW, "id": i, "split": "test", "subject": ("knowledge", "reasoning")[(i // 2) % 2],
+             "stem": f"Question {i}: which {'chord ' * (i % 4)}is this? {'BAGFEDC'[: i % 7]}",
+             "options": {"A": f"option a{i}", "B": "Major seventh", "C": f"c {'G' * (i % 3)}", "D": "d" * (1 + i % 5)}}
+            for i in range(12)]
+    indep = [[_independent_mean_loss(model, tok, c) for c in prompts_for(r)] for r in base]
+    argmin = ["ABCD"[ls.index(min(ls))] for ls in indep]
+    assert len(set(argmin)) >= 3, "the fixture must make different letters win (else a constant pick passes)"
+    rows = [{**r, "answer": a if i % 2 == 0 else "ABCD"[("ABCD".index(a) + 1) % 4]}
+            for i, (r, a) in enumerate(zip(base, argmin))]
     (tmp_path / "mtb.jsonl").write_text("\n".join(json.dumps(r) for r in rows + [ROW]) + "\n")
     data = load_mtb(tmp_path)
-    assert len(data["dev"]) == 1 and len(data["test"]) == 4
-    losses = mean_losses(model, tok, prompts_for(rows[0]))
-    best = "ABCD"[losses.index(min(losses))]
-    res = evaluate_mtb(model, tok, data)
-    # the four test rows differ only in the gold letter: exactly one is right
-    assert res["reasoning_zero_shot"] == {"n": 4, "accuracy": 0.25}
-    assert res["knowledge_zero_shot"]["n"] == 0
-    assert best in "ABCD"
+    assert len(data["dev"]) == 1 and len(data["test"]) == 12
+    pred = tmp_path / "pred.jsonl"
+    res = evaluate_mtb(model, tok, data, predictions=pred)
+    assert res["knowledge_zero_shot"] == {"n": 6, "accuracy": 0.5}
+    assert res["reasoning_zero_shot"] == {"n": 6, "accuracy": 0.5}
+    got = {r["id"]: r for r in map(json.loads, pred.read_text().splitlines())}
+    for i, ls in enumerate(indep):
+        assert got[i]["losses"] == pytest.approx(ls, abs=1e-4)
+        assert got[i]["pred"] == argmin[i] and got[i]["correct"] == (i % 2 == 0)
+    # the same scoring through mean_losses (candidate by candidate) agrees with the independent numbers
+    assert mean_losses(model, tok, prompts_for(rows[0])) == pytest.approx(indep[0], abs=1e-4)
 
 
 # ------------------------------------------------------------------------------------------------ batched scoring,

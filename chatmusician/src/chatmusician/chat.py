@@ -169,9 +169,13 @@ def extract_tunes(reply: str, hit_budget: bool = False) -> list[Tune]:
 
 def check_tune(t: Tune) -> Tune:
     """Fill ``valid``/``errors``/``warnings``/``n_bars`` from ``musiccore.abc.validate`` (strict bar check)."""
-    from musiccore.abc import validate
+    from musiccore.abc import ABCError, validate
 
-    r = validate(t.abc)
+    try:
+        r = validate(t.abc)
+    except (ABCError, ArithmeticError) as e:  # e.g. no K: line, a zero note length: the tune is invalid, with why
+        t.valid, t.errors, t.warnings, t.n_bars = False, [f"{type(e).__name__}: {e}"], [], 0
+        return t
     t.valid, t.errors, t.warnings, t.n_bars = r.ok, list(r.errors), list(r.warnings), r.n_bars
     return t
 
@@ -234,7 +238,9 @@ def describe(rec: dict) -> str:
 
 def check_context(model, tokenizer, prompt_text: str, max_new_tokens: int) -> int:
     """Prompt length in tokens; raises :class:`ContextError` when prompt + new tokens exceed the context."""
-    n = len(tokenizer(prompt_text, add_special_tokens=False)["input_ids"])
+    from .tokenization import encode
+
+    n = len(encode(tokenizer, prompt_text))  # the ids generation will feed (released per-chunk encoding)
     ctx = getattr(model.config, "max_position_embeddings", None)
     if ctx and n + max_new_tokens > ctx:
         raise ContextError(f"prompt is {n} tokens + max_new_tokens {max_new_tokens} = {n + max_new_tokens} > the "
@@ -244,24 +250,39 @@ def check_context(model, tokenizer, prompt_text: str, max_new_tokens: int) -> in
 
 def read_batch(path: str | Path) -> tuple[list[dict], list[str]]:
     """Records of a jsonl batch (``{"prompt": str, "id"?: str, "history"?: [[q, a], ...]}``) and one message per
-    skipped line (bad JSON, no prompt, empty or impossible prompt), naming the line."""
-    good, bad = [], []
-    for i, line in enumerate(Path(path).read_text().splitlines(), 1):
-        if not line.strip():
+    skipped line (not UTF-8, bad JSON, no prompt, empty or impossible prompt, a malformed history, an id that is
+    not text or repeats an earlier one), naming the line."""
+    good, bad, seen = [], [], set()
+    for i, raw in enumerate(Path(path).read_bytes().splitlines(), 1):
+        if not raw.strip():
             continue
         try:
-            rec = json.loads(line)
+            rec = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError as e:  # never replaced silently: the record is skipped and reported
+            bad.append(f"{path}:{i}: not UTF-8 text (byte {e.start} of the line)")
+            continue
         except json.JSONDecodeError as e:
             bad.append(f"{path}:{i}: not JSON ({e.msg})")
             continue
         if not isinstance(rec, dict) or not isinstance(rec.get("prompt"), str):
             bad.append(f"{path}:{i}: no 'prompt' string field")
             continue
+        hist = rec.get("history")
+        if hist is not None and not (isinstance(hist, list) and all(
+                isinstance(h, (list, tuple)) and len(h) == 2 and all(isinstance(x, str) for x in h) for h in hist)):
+            bad.append(f"{path}:{i}: field 'history' must be a list of [question, answer] string pairs")
+            continue
+        rid = rec.get("id", str(i))
+        if not isinstance(rid, (str, int)) or isinstance(rid, bool) or str(rid) in seen:
+            why = "repeats an earlier record's id" if str(rid) in seen else "must be text or an integer"
+            bad.append(f"{path}:{i}: field 'id' {rid!r} {why}")
+            continue
         try:
             parse_request(rec["prompt"])
         except PromptError as e:
             bad.append(f"{path}:{i}: {e}")
             continue
-        rec.setdefault("id", str(i))
+        seen.add(str(rid))
+        rec["id"] = str(rid)
         good.append(rec)
     return good, bad

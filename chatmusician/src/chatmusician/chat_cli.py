@@ -7,6 +7,7 @@ writes ``<out>/replies.jsonl`` (one record per input record, skipped records wit
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sys
@@ -33,14 +34,45 @@ def generation_config(args) -> GenerateConfig:
         for d in (args.adapter, args.model):
             meta = Path(d) / "chatmusician.json" if d else None
             if meta is not None and meta.exists():
-                section = json.loads(meta.read_text()).get("config", {}).get("generate")
+                from .model_folder import ModelFolderError, read_json_object
+
+                conf = read_json_object(meta).get("config") or {}
+                section = conf.get("generate") if isinstance(conf, dict) else None
                 if section:
+                    if not isinstance(section, dict):
+                        raise ModelFolderError(f"{meta}: field 'config.generate' must be an object, got "
+                                               f"{type(section).__name__}")
+                    unknown = sorted(set(section) - {f.name for f in dataclasses.fields(GenerateConfig)})
+                    if unknown:
+                        raise ModelFolderError(f"{meta}: field 'config.generate' has unknown keys {unknown}")
                     gen = GenerateConfig(**section)
+                    for k, v in section.items():  # a string where a number belongs would fail mid-generation
+                        if not isinstance(v, (int, float, bool)):
+                            raise ModelFolderError(f"{meta}: field 'config.generate.{k}' must be a number or "
+                                                   f"true/false, got {v!r}")
                     break
     for name in ("temperature", "top_k", "top_p", "repetition_penalty", "max_new_tokens"):
         v = getattr(args, name, None)
         if v is not None:
             setattr(gen, name, v)
+    check_generation(gen)
+    return gen
+
+
+def check_generation(gen: GenerateConfig) -> GenerateConfig:
+    """Sampling settings a generation can run with; raises ``ValueError`` naming the setting (``--max-new-tokens``
+    etc., or the config field) before the model is asked to generate."""
+    bad = [(n, v, why) for n, v, ok, why in (
+        ("max-new-tokens", gen.max_new_tokens, isinstance(gen.max_new_tokens, int) and gen.max_new_tokens >= 1, ">= 1"),
+        ("temperature", gen.temperature, isinstance(gen.temperature, (int, float)) and gen.temperature > 0, "> 0"),
+        ("top-k", gen.top_k, isinstance(gen.top_k, int) and gen.top_k >= 0, ">= 0 (0 = off)"),
+        ("top-p", gen.top_p, isinstance(gen.top_p, (int, float)) and 0 < gen.top_p <= 1, "in (0, 1]"),
+        ("repetition-penalty", gen.repetition_penalty,
+         isinstance(gen.repetition_penalty, (int, float)) and gen.repetition_penalty > 0, "> 0"),
+    ) if not ok]
+    if bad:
+        n, v, why = bad[0]
+        raise ValueError(f"--{n} {v!r}: must be {why}")
     return gen
 
 
@@ -58,8 +90,11 @@ class ChatSession:
         self.args = args
         self.device = resolve_device(args.device)
         self.dtype = resolve_dtype(args.dtype, self.device)
+        self.gen = generation_config(args)  # bad sampling settings fail before the model is loaded
         self.model, self.tok = load_model(args.model, dtype=self.dtype, adapter=args.adapter, device=self.device)
-        self.gen = generation_config(args)
+        from .model_folder import check_tokenizer_fits
+
+        check_tokenizer_fits(args.model, self.tok, self.model)  # ids past the embedding would fail mid-generation
         if args.out is None:
             from musiccore.runs import runs_root
 
@@ -115,7 +150,8 @@ class ChatSession:
 
 
 def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in str(name))[:80] or "reply"
+    """A record id as a file stem inside the output folder: no separators, no leading dot (``..`` cannot escape)."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in str(name))[:80].lstrip(".") or "reply"
 
 
 def _print_turn(rec: dict) -> None:
@@ -158,6 +194,13 @@ def run_chat(args) -> int:
     """Entry point of ``chatmusician chat`` (see the module docstring)."""
     if args.batch:
         items, bad = read_batch(args.batch)  # a bad record is skipped and reported, the batch goes on
+        stems: dict[str, str] = {}
+        for it in list(items):  # two ids with one file name would overwrite each other's files: keep the first
+            first = stems.setdefault(_safe(it["id"]), it["id"])
+            if first != it["id"]:
+                items.remove(it)
+                bad.append(f"{args.batch}: record id {it['id']!r} has the same file name as id {first!r} "
+                           f"({_safe(it['id'])}); skipped")
         for msg in bad:
             log.warning("skipped %s", msg)
         if not items:

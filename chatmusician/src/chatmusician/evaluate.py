@@ -63,11 +63,15 @@ def score_reply(reply: str, want_key: str, want_meter: str) -> dict:
     if abc is None:
         return res
     try:
-        h = abctools.parse_header(clean_tune(abc))
-    except abctools.ABCError:
-        h = abctools.parse_header(abc)
-    res["parsed"] = abctools.music21_parses(abc)
-    res["valid"] = bool(abctools.validate(abc).ok)  # strict: structure and bar durations too
+        try:
+            h = abctools.parse_header(clean_tune(abc))
+        except abctools.ABCError:
+            h = abctools.parse_header(abc)
+        res["parsed"] = abctools.music21_parses(abc)
+        res["valid"] = bool(abctools.validate(abc).ok)  # strict: structure and bar durations too
+    except (abctools.ABCError, ArithmeticError) as e:  # a malformed reply scores as not valid, with the reason
+        res["error"] = f"{type(e).__name__}: {str(e)[:200]}"
+        return res
     res["key_match"] = _norm_key(h.get("K", "")) == _norm_key(want_key)
     res["meter_match"] = h.get("M", "").replace(" ", "") == want_meter.replace(" ", "")
     return res

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from .generate import load_model
+from .tokenization import save_tokenizer
 
 
 def export_merged(adapter_dir: str | Path, out_dir: str | Path, dtype: torch.dtype = torch.float32,
@@ -32,6 +33,6 @@ def export_merged(adapter_dir: str | Path, out_dir: str | Path, dtype: torch.dty
     if tmp.exists():
         shutil.rmtree(tmp)
     model.save_pretrained(str(tmp), max_shard_size=max_shard_size)
-    tok.save_pretrained(str(tmp))
+    save_tokenizer(tok, tmp)  # + tokenizer.model (released encoding)
     tmp.rename(out_dir)
     return out_dir

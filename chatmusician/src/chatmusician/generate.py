@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from .config import GenerateConfig
-from .tokenization import load_tokenizer, prompt
+from .tokenization import encode_prompts, load_tokenizer, prompt
 
 log = logging.getLogger(__name__)
 
@@ -54,13 +54,25 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.float32, merge: bool
 
     Raises:
         FileNotFoundError: the folder does not exist or holds neither ``config.json`` nor ``adapter_config.json``.
+        ModelFolderError: (a ``ValueError``) a file in the folder is invalid: wrong types in ``config.json``, not a
+            causal LM, truncated weights, no tokenizer, a tokenizer larger than the embedding; the message names the
+            file and field (:mod:`chatmusician.model_folder`).
     """
+    from .model_folder import ModelFolderError, check_model_folder, read_json_object
+
     path = Path(path)
-    if not path.is_dir():
-        raise FileNotFoundError(f"{path}: model folder does not exist")
-    if adapter is not None and not (Path(adapter) / "adapter_config.json").exists():
-        raise FileNotFoundError(f"{adapter}: not a LoRA adapter folder (no adapter_config.json)")
-    model, tok = _load(path, dtype, merge)
+    check_model_folder(path)  # small files only: one clear error before transformers is asked to load anything
+    if adapter is not None:
+        if not (Path(adapter) / "adapter_config.json").exists():
+            raise FileNotFoundError(f"{adapter}: not a LoRA adapter folder (no adapter_config.json)")
+        read_json_object(Path(adapter) / "adapter_config.json")
+    try:
+        model, tok = _load(path, dtype, merge)
+    except (OSError, RuntimeError, TypeError, ValueError) as e:
+        if isinstance(e, (ModelFolderError, FileNotFoundError)):
+            raise
+        # what the checks above cannot see (e.g. a tensor shape that disagrees with config.json): the folder named
+        raise ModelFolderError(f"{path}: cannot load the model ({type(e).__name__}: {str(e).splitlines()[0][:300]})") from e
     if adapter is not None:
         from peft import PeftModel
 
@@ -87,7 +99,14 @@ def _load(path: Path, dtype: torch.dtype, merge: bool):
             model = model.merge_and_unload()
         tok_dir = path if (path / "tokenizer_config.json").exists() else Path(base_dir)
     elif (path / "config.json").exists():
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=False)
+        model, info = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=False,
+                                                           output_loading_info=True)
+        if info.get("missing_keys"):  # weights of another architecture: transformers would leave them random
+            from .model_folder import ModelFolderError
+
+            miss = sorted(info["missing_keys"])
+            raise ModelFolderError(f"{path}: the weights do not fit config.json ({type(model).__name__}): "
+                                   f"{len(miss)} tensors missing, e.g. {', '.join(miss[:3])}")
         tok_dir = path
     else:
         raise FileNotFoundError(f"{path}: not a model folder (no config.json or adapter_config.json)")
@@ -124,7 +143,7 @@ def generate_detailed(model, tokenizer, user_texts: list[str], gen: GenerateConf
     out: list[dict] = []
     for i in range(0, len(user_texts), batch_size):
         texts = [prompt(u, h) for u, h in zip(user_texts[i : i + batch_size], histories[i : i + batch_size])]
-        enc = tokenizer(texts, add_special_tokens=False, return_tensors="pt", padding=True)
+        enc = encode_prompts(tokenizer, texts, padding_side="left")  # the training data's ids (spec pitfall 2)
         enc = {k: v.to(model.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
         budget = max_new
         ctx = getattr(model.config, "max_position_embeddings", None)

@@ -141,6 +141,9 @@ def _check_row(row: dict, where: str) -> dict:
     for f in REQUIRED:
         if f not in row or row[f] is None or (isinstance(row[f], str) and not row[f].strip() and f != "abc_score"):
             raise MTBFormatError(f"{where}: missing field {f!r}")
+    for f in ("stem", "subject", "abc_score"):
+        if f in row and row[f] is not None and not isinstance(row[f], str):
+            raise MTBFormatError(f"{where}: field {f!r} must be text, got {type(row[f]).__name__}")
     opts = row["options"]
     if not isinstance(opts, dict) or any(not isinstance(opts.get(x), str) for x in LETTERS):
         raise MTBFormatError(f"{where}: field 'options' must map A, B, C and D to text")
@@ -149,47 +152,88 @@ def _check_row(row: dict, where: str) -> dict:
     return row
 
 
-def load_mtb(folder: str | Path) -> dict[str, list[dict]]:
+def _file_rows(p: Path) -> list[tuple[int, object]]:
+    """(row number, decoded row) of one MTB file; a file that cannot be read at all raises MTBFormatError, a line
+    that is not UTF-8 or not JSON comes back as an ``MTBFormatError`` instance in place of its row."""
+    import json
+
+    if p.suffix == ".parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        try:
+            return list(enumerate(pq.read_table(p).to_pylist(), 1))
+        except (pa.ArrowException, OSError) as e:
+            raise MTBFormatError(f"{p}: not a readable parquet file ({type(e).__name__}: {str(e)[:200]})") from e
+    raw = p.read_bytes()
+    if p.suffix == ".json" and raw.lstrip().startswith(b"["):
+        try:
+            data = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            raise MTBFormatError(f"{p}: not UTF-8 text (byte {e.start})") from e
+        except json.JSONDecodeError as e:
+            raise MTBFormatError(f"{p}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from e
+        return list(enumerate(data, 1))
+    rows: list[tuple[int, object]] = []
+    for ln, line in enumerate(raw.split(b"\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append((ln, json.loads(line.decode("utf-8"))))
+        except UnicodeDecodeError as e:  # never kept as replacement characters: the row is reported instead
+            rows.append((ln, MTBFormatError(f"{p} row {ln}: not UTF-8 text (byte {e.start} of the line)")))
+        except json.JSONDecodeError as e:
+            rows.append((ln, MTBFormatError(f"{p} row {ln}: not JSON ({e.msg})")))
+    return rows
+
+
+def load_mtb(folder: str | Path, skipped: list[str] | None = None) -> dict[str, list[dict]]:
     """``{"dev": [...], "test": [...]}`` from a local MusicTheoryBench folder in its released layout (parquet/jsonl/json
     files; the split from each row's ``split`` field, else from a file name containing ``dev``/``test``).
 
+    ``skipped``: when a list is given, a bad row (or an unreadable file) is appended there as one message naming
+    the file, row and reason, and loading goes on (what ``chatmusician eval --mtb`` does); without it the first bad
+    row raises.
+
     Raises:
         FileNotFoundError: no folder or no data file in it.
-        MTBFormatError: a row misses a field (``stem``, ``options`` A-D, ``subject``, ``answer``) or is not JSON;
-            the message names the file and the row.
+        MTBFormatError: a row misses a field (``stem``, ``options`` A-D, ``subject``, ``answer``), is not JSON or not
+            UTF-8, or a file is unreadable (only without ``skipped``); the message names the file and the row.
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: MusicTheoryBench folder not found")
-    files = sorted(p for p in folder.rglob("*") if p.suffix in {".parquet", ".jsonl", ".json"})
+    files = sorted(p for p in folder.rglob("*") if p.suffix in {".parquet", ".jsonl", ".json"} and p.is_file())
     if not files:
         raise FileNotFoundError(f"{folder}: no .parquet/.jsonl/.json files")
+
+    def bad(err: MTBFormatError) -> None:
+        if skipped is None:
+            raise err
+        skipped.append(str(err))
+
     splits: dict[str, list[dict]] = {}
     for p in files:
-        if p.suffix == ".parquet":
-            import pyarrow.parquet as pq
-
-            rows = list(enumerate(pq.read_table(p).to_pylist(), 1))
-        else:
-            import json
-
-            text = p.read_text(errors="replace")
-            if p.suffix == ".json" and text.lstrip().startswith("["):
-                rows = list(enumerate(json.loads(text), 1))
-            else:
-                rows = []
-                for ln, line in enumerate(text.splitlines(), 1):
-                    if line.strip():
-                        try:
-                            rows.append((ln, json.loads(line)))
-                        except json.JSONDecodeError as e:
-                            raise MTBFormatError(f"{p} row {ln}: not JSON ({e.msg})") from e
+        try:
+            rows = _file_rows(p)
+        except MTBFormatError as e:
+            bad(e)
+            continue
         for ln, row in rows:
+            if isinstance(row, MTBFormatError):
+                bad(row)
+                continue
             where = f"{p} row {ln}" + (f" (id {row.get('id')})" if isinstance(row, dict) and "id" in row else "")
-            if not isinstance(row, dict):
-                raise MTBFormatError(f"{where}: not an object")
-            _check_row(row, where)
-            split = row.get("split") or ("dev" if "dev" in p.name else "test")
+            try:
+                if not isinstance(row, dict):
+                    raise MTBFormatError(f"{where}: not an object")
+                _check_row(row, where)
+                split = row.get("split") or ("dev" if "dev" in p.name else "test")
+                if not isinstance(split, str):
+                    raise MTBFormatError(f"{where}: field 'split' must be text, got {split!r}")
+            except MTBFormatError as e:
+                bad(e)
+                continue
             splits.setdefault(split, []).append(row)
     splits.setdefault("dev", [])
     splits.setdefault("test", [])
