@@ -74,27 +74,27 @@ def read_manifest(path: str | Path, problems: list[str] | None = None) -> list[d
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: manifest not found (write one with `mert prepare manifest`)")
+    rows, bad = [], []
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, encoding="utf-8") as fh:
+            for i, line in enumerate(fh):  # streamed: the file's text is never held whole, only the rows
+                if not line.strip():
+                    continue
+                where = f"{path}:{i + 1}"
+                try:
+                    try:
+                        row = json.loads(line)
+                    except json.JSONDecodeError as e:
+                        raise DataError(f"{where}: not valid JSON ({e})") from e
+                    row = check_manifest_row(row, where)
+                except DataError as e:
+                    bad.append(str(e))
+                    continue
+                p = Path(row["path"])
+                row["path"] = str(p if p.is_absolute() else (path.parent / p).resolve())
+                rows.append(row)
     except (OSError, UnicodeDecodeError) as e:
         raise DataError(f"{path}: cannot read manifest ({e})") from e
-    rows, bad = [], []
-    for i, line in enumerate(text.splitlines()):
-        if not line.strip():
-            continue
-        where = f"{path}:{i + 1}"
-        try:
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{where}: not valid JSON ({e})") from e
-            row = check_manifest_row(row, where)
-        except DataError as e:
-            bad.append(str(e))
-            continue
-        p = Path(row["path"])
-        row["path"] = str(p if p.is_absolute() else (path.parent / p).resolve())
-        rows.append(row)
     if bad:
         log.warning("%s: %d malformed row(s) skipped, e.g. %s", path, len(bad), "; ".join(bad[:3]))
         if problems is not None:
@@ -185,7 +185,11 @@ class LabelStore:
             raise DataError(f"{meta_path}: not a label-cache description ({type(e).__name__}: {e}); "
                             "delete the folder and run `mert prepare labels` again") from e
         self._arrays: list[np.ndarray] = []
-        self._index: list[tuple[int, int, int] | None] = [None] * len(rows)
+        # per manifest row: shard array, offset and length of its labels (array -1: none); numpy, 20 bytes a row
+        # (a Python tuple per row was ~100), next to the memory-mapped label arrays themselves
+        self._arr_id = np.full(len(rows), -1, dtype=np.int32)
+        self._off = np.zeros(len(rows), dtype=np.int64)
+        self._len = np.zeros(len(rows), dtype=np.int64)
         missing = []
         for s in range(n_shards):
             name = shard_name(s, n_shards)
@@ -202,7 +206,12 @@ class LabelStore:
                 if entry["path"] != rows[start + j]["path"]:
                     raise DataError(f"{self.dir}/{name}: row {start + j} is {entry['path']}, manifest has {rows[start + j]['path']}")
                 if entry["length"] > 0:
-                    self._index[start + j] = (arr_id, entry["offset"], entry["length"])
+                    k = start + j
+                    try:
+                        self._arr_id[k], self._off[k], self._len[k] = arr_id, int(entry["offset"]), int(entry["length"])
+                    except (KeyError, TypeError, ValueError) as e:
+                        raise DataError(f"{self.dir}/{name}: row {k}: bad offset/length ({e}); recompute the "
+                                        "shard") from e
         if missing:
             raise DataError(f"{self.dir}: label shards missing: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
 
@@ -234,27 +243,25 @@ class LabelStore:
         return len(self.codebook_sizes)
 
     def has(self, i: int) -> bool:
-        return self._index[i] is not None
+        return bool(self._arr_id[i] >= 0)
 
     def get(self, i: int, start: int = 0, length: int | None = None) -> np.ndarray:
         """Labels of row ``i``, frames [start, start + length) -> int64 [K, length]."""
-        entry = self._index[i]
-        if entry is None:
+        if self._arr_id[i] < 0:
             raise DataError(f"row {i}: no labels in {self.dir}")
-        arr_id, off, n = entry
+        arr_id, off, n = int(self._arr_id[i]), int(self._off[i]), int(self._len[i])
         length = n - start if length is None else length
         return np.asarray(self._arrays[arr_id][:, off + start : off + min(start + length, n)], dtype=np.int64)
 
     def length(self, i: int) -> int:
-        entry = self._index[i]
-        return 0 if entry is None else entry[2]
+        return int(self._len[i]) if self._arr_id[i] >= 0 else 0
 
     def class_counts(self, indices: Sequence[int] | None = None) -> list[np.ndarray]:
         """Label frequencies of rows ``indices`` (default: every labelled row): K arrays [C_k] of frame counts."""
-        rows = range(len(self._index)) if indices is None else indices
+        rows = range(self._arr_id.size) if indices is None else indices
         counts = [np.zeros(c, dtype=np.int64) for c in self.codebook_sizes]
         for i in rows:
-            if self._index[i] is None:
+            if self._arr_id[i] < 0:
                 continue
             lab = self.get(i)
             for k, c in enumerate(self.codebook_sizes):

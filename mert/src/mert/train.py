@@ -113,7 +113,7 @@ def _rank() -> int:
 
 
 def _wait_for(path: Path, timeout_s: float = 6 * 3600) -> None:
-    """Non-zero ranks wait for rank 0 to finish a file (label preparation happens before the process group)."""
+    """Non-zero ranks wait for rank 0 to finish a file (the run folder's config.yaml, before the process group)."""
     t0 = time.time()
     while not path.exists():
         if time.time() - t0 > timeout_s:
@@ -130,14 +130,18 @@ def build_data(cfg: TrainConfig):
     def labels_for(rows):
         out = prepare.label_dir_for(cfg, rows)
         if not (out / "teacher.json").is_file():
-            if not cfg.data.auto_prepare:
-                from .data import DataError
+            from .data import DataError
 
+            if not cfg.data.auto_prepare:
                 raise DataError(f"{out}: no label cache; run `mert prepare labels --config ...` (or data.auto_prepare=true)")
-            if _rank() == 0:
-                prepare.ensure_labels(cfg, rows)
-            else:
-                _wait_for(out / "teacher.json")
+            world = int(os.environ.get("WORLD_SIZE", "1"))
+            if world > 1:
+                # never built at train time by a multi-process run: rank 0 alone would label the whole manifest
+                # while every other rank of every node polls the shared file system (for hours at scale)
+                raise DataError(f"{out}: no label cache, and data.auto_prepare builds none in a {world}-process run; "
+                                "build it first with `mert prepare labels --config ...` (one Slurm array task per "
+                                "shard: slurm/prepare_labels.sbatch)")  # fmt: skip
+            prepare.ensure_labels(cfg, rows)
         return LabelStore(out, rows)
 
     d = cfg.data

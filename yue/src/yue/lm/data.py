@@ -27,14 +27,26 @@ Every document ends with ``<EOD>``. :class:`Packer` concatenates documents and c
   attention inside each document (transformers builds the block-diagonal mask from the position ids; ``packed_sdpa``
   computes only the diagonal blocks).
 
-Memory: songs are read from their ``.npz`` files when a document is built; blocks are numpy arrays. Nothing holds
-the corpus as Python lists.
+Memory and the cluster (issue 13): training only opens a finished folder, and no rank builds data.
+:class:`PreparedData` streams the manifest once, validating every row, and keeps 18 bytes per song (where its row
+is: :class:`SongTable`; a record is parsed again when a document is built). It refuses a folder ``yue prepare`` has
+not finished (:class:`PreparedFolderError`: no manifest, or a row count that differs from the ``report.json``
+prepare writes last, i.e. a run still appending or interrupted), so every rank of every node sees the same songs.
+A song's codes are memory-mapped from its ``.npz`` (``np.savez`` stores members uncompressed: :func:`open_codes`
+maps them in place), so a stage-1 document reads only codebook 0 of each stem (1/K of the file); nothing holds the
+corpus in RAM or as Python lists, and blocks are numpy arrays. Measured by ``benchmarks/data_open.py``.
 """
 
 from __future__ import annotations
 
+import array
+import hashlib
+from collections import abc
 import json
 import logging
+import os
+import struct
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
@@ -42,6 +54,7 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
+from musiccore.attention import varlen_kwargs
 from yue.lm.config import CODE_KEYS, LMTrainConfig
 from yue.tokenizer import YuETokenizer, find_released_tokenizer
 
@@ -49,15 +62,25 @@ log = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
 
-__all__ = ["DataError", "Segment", "SongRecord", "PreparedData", "DocumentBuilder", "Packer", "BlockStream",
-           "Collator", "schedule_at", "icl_span", "token_report", "eval_blocks", "pack_documents", "training_documents"]  # fmt: skip
+__all__ = ["DataError", "PreparedFolderError", "Segment", "SongRecord", "SongTable", "PreparedData",
+           "DocumentBuilder", "Packer", "BlockStream", "Collator", "schedule_at", "icl_span", "token_report",
+           "eval_blocks", "pack_documents", "training_documents", "open_codes", "REPORT_MAX_SONGS"]  # fmt: skip
+
+# the token report rank 0 writes before training counts at most this many songs per split (evenly spaced) and
+# scales up: exact on small sets, seconds instead of hours on a cluster-sized one (other ranks wait for rank 0)
+REPORT_MAX_SONGS = 200
 
 
 class DataError(ValueError):
     """A prepared folder, manifest row or codes file that cannot be used (names the file/row/field and why)."""
 
 
-@dataclass(frozen=True)
+class PreparedFolderError(DataError):
+    """A prepared folder training must not open: missing, or not finished by ``yue prepare`` (one-line message that
+    names the ``yue prepare`` command to run)."""
+
+
+@dataclass(frozen=True, slots=True)
 class Segment:
     """A labelled lyrics section and its frame range ``[frame_start, frame_end)`` in the song's codes."""
 
@@ -67,7 +90,7 @@ class Segment:
     frame_end: int
 
 
-@dataclass
+@dataclass(slots=True)
 class SongRecord:
     """One manifest row: song id, split, tags (one line), frame count ``T`` and its segments."""
 
@@ -149,55 +172,226 @@ def find_tokenizer(folder: Path, explicit: str | None = None) -> YuETokenizer:
     return YuETokenizer(rel)
 
 
+_ZIP_LOCAL_HEADER = struct.Struct("<4s5H3L2H")  # signature .. file name length, extra field length (30 bytes)
+
+
+def open_codes(path: str | Path) -> dict[str, np.ndarray]:
+    """The arrays of a ``codes/<id>.npz``, memory-mapped where the member is stored uncompressed (``np.savez``).
+
+    ``np.load`` reads a whole ``.npz`` member into memory (it cannot memory-map inside a zip); a stored member is a
+    plain ``.npy`` at a known offset of the file, so it is mapped in place (read-only ``np.memmap``) and only the
+    pages a caller slices are read. Compressed members (``np.savez_compressed``) are read into memory.
+
+    Returns:
+        ``{member name without .npy: array}`` (int16 ``[K, T]`` for prepare's codes).
+
+    Raises:
+        OSError, ValueError, zipfile.BadZipFile: a missing, truncated or foreign file (the caller names it).
+    """
+    path = Path(path)
+    out: dict[str, np.ndarray] = {}
+    with open(path, "rb") as f, zipfile.ZipFile(f) as z:
+        for info in z.infolist():
+            name = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
+            if info.compress_type != zipfile.ZIP_STORED:
+                with z.open(info) as m:
+                    out[name] = np.lib.format.read_array(m, allow_pickle=False)
+                continue
+            # the member's data follows its local header (whose name/extra lengths may differ from the directory's)
+            f.seek(info.header_offset)
+            head = _ZIP_LOCAL_HEADER.unpack(f.read(_ZIP_LOCAL_HEADER.size))
+            if head[0] != b"PK\x03\x04":
+                raise ValueError(f"member {info.filename}: bad local header")
+            f.seek(info.header_offset + _ZIP_LOCAL_HEADER.size + head[-2] + head[-1])
+            start = f.tell()
+            version = np.lib.format.read_magic(f)
+            if version not in ((1, 0), (2, 0)):  # 3.0 (utf-8 field names) is not a codes array: read it
+                with z.open(info) as m:
+                    out[name] = np.lib.format.read_array(m, allow_pickle=False)
+                continue
+            fmt = np.lib.format
+            shape, fortran, dtype = (fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0)(f)
+            if dtype.hasobject:
+                raise ValueError(f"member {info.filename}: object arrays are not codes")
+            data_at = f.tell()
+            n_bytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+            if data_at - start + n_bytes > info.file_size:
+                raise ValueError(f"member {info.filename}: {shape} {dtype} does not fit its {info.file_size} bytes")
+            if n_bytes == 0:
+                out[name] = np.zeros(shape, dtype)
+                continue
+            out[name] = np.memmap(path, dtype=dtype, mode="r", offset=data_at, shape=shape,
+                                  order="F" if fortran else "C")  # fmt: skip
+    return out
+
+
+def check_finished(folder: Path, json_rows: int) -> None:
+    """Refuse a folder a ``yue prepare`` run has not finished (:class:`PreparedFolderError`, one line).
+
+    ``prepare`` appends a manifest row per song and writes ``report.json`` (with ``counts.in_manifest``, the rows it
+    saw) last, so a manifest with another row count is still being written or was interrupted; training on it would
+    give ranks that read it at different moments different song lists. A folder without ``report.json`` (assembled
+    by hand) is accepted with a warning: its completeness cannot be checked.
+    """
+    rep = folder / "report.json"
+    cmd = f"`yue prepare -o {folder} ...` (the same arguments)"
+    if not rep.is_file():
+        log.warning("%s: no report.json (not written by a finished `yue prepare`): completeness not checked", folder)
+        return
+    try:
+        n = int(json.loads(rep.read_text())["counts"]["in_manifest"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise PreparedFolderError(f"{rep}: unreadable or without counts.in_manifest ({type(e).__name__}: {e}); "
+                                  f"rerun {cmd} to rewrite it") from e  # fmt: skip
+    if n != json_rows:
+        raise PreparedFolderError(f"{folder}: stale prepared folder: manifest.jsonl has {json_rows} rows but "
+                                  f"report.json counts {n} (a `yue prepare` run is still writing it or was "
+                                  f"interrupted); finish it with {cmd}, which keeps the songs already "
+                                  "there")  # fmt: skip
+
+
+class SongTable(abc.Sequence):
+    """The valid manifest rows of a prepared folder, kept as byte ranges of ``manifest.jsonl`` (a read-only
+    ``Sequence`` of :class:`SongRecord`).
+
+    Memory: 18 bytes per song (offset int64, length int32, line int32, split int16) instead of a Python record with
+    its sections and lyrics (~4 KB), so a rank holds 10M songs in ~180 MB; a record is re-read (``os.pread``, one
+    call) and parsed when it is indexed, i.e. when a document is built. Indexing with a slice or a boolean/integer
+    array gives another table over the same file.
+    """
+
+    def __init__(self, folder: Path, offsets: np.ndarray, lengths: np.ndarray, lines: np.ndarray,
+                 splits: np.ndarray, split_names: list[str]):  # fmt: skip
+        self.folder, self.manifest = folder, folder / "manifest.jsonl"
+        self.offsets, self.lengths, self.lines, self.splits = offsets, lengths, lines, splits
+        self.split_names = split_names
+        self._fd: int | None = None
+
+    def __len__(self) -> int:
+        return int(self.offsets.size)
+
+    def _subset(self, idx) -> "SongTable":
+        return SongTable(self.folder, self.offsets[idx], self.lengths[idx], self.lines[idx], self.splits[idx],
+                         self.split_names)  # fmt: skip
+
+    def __getitem__(self, i):
+        if isinstance(i, (slice, np.ndarray, list)):
+            return self._subset(i)
+        n = len(self)
+        i = int(i) + (n if int(i) < 0 else 0)
+        if not 0 <= i < n:
+            raise IndexError(f"song {i} of {n}")
+        if self._fd is None:
+            self._fd = os.open(self.manifest, os.O_RDONLY)
+        raw = os.pread(self._fd, int(self.lengths[i]), int(self.offsets[i]))
+        where = f"{self.manifest}:{int(self.lines[i])}"
+        try:
+            return parse_row(json.loads(raw), self.folder, where)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:  # the file was rewritten after it was opened
+            raise DataError(f"{where}: row changed since the folder was opened ({e}); reopen it") from e
+
+    def __add__(self, other) -> list[SongRecord]:
+        return list(self) + list(other)
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "_fd"} | {"_fd": None}  # a descriptor is per process
+
+    def __del__(self):
+        if getattr(self, "_fd", None) is not None:
+            try:
+                os.close(self._fd)
+            except OSError:
+                pass
+
+
 class PreparedData:
-    """A ``yue prepare`` folder: manifest rows (bad ones skipped with a reason), lazily loaded codes, tokenizer.
+    """A ``yue prepare`` folder: manifest rows (bad ones skipped with a reason), memory-mapped codes, tokenizer.
+
+    Opening streams the manifest once (every row validated with :func:`parse_row`, bad ones and later duplicates
+    skipped) and keeps only where each valid row is (:class:`SongTable`); codes are mapped per song when a document
+    is built (:meth:`codes`). Nothing is written: a folder that is missing or that ``yue prepare`` has not finished
+    is refused, so no rank of any node builds or completes data.
 
     Attributes:
-        songs: valid :class:`SongRecord` rows, manifest order.
-        skipped: ``(row id or line, reason)`` for every row or song that could not be used.
+        songs: the valid rows, manifest order (:class:`SongTable` of :class:`SongRecord`).
+        skipped: ``(row id or line, reason)`` for every row or song that could not be used, in line order.
         tok: the :class:`YuETokenizer` the folder was prepared with.
+
+    Raises:
+        PreparedFolderError: no manifest, or a folder ``yue prepare`` has not finished (:func:`check_finished`).
     """
 
     def __init__(self, folder: str | Path, tokenizer: str | None = None):
         self.folder = Path(folder)
         manifest = self.folder / "manifest.jsonl"
         if not manifest.is_file():
-            raise DataError(f"{manifest}: not found (run `yue prepare -o {self.folder}` first)")
-        self.songs: list[SongRecord] = []
-        self.skipped: list[tuple[str, str]] = []
-        seen = set()
-        for n, line in enumerate(manifest.read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            where = f"{manifest}:{n}"
-            try:
-                rec = parse_row(json.loads(line), self.folder, where)
-                if rec.id in seen:
-                    raise DataError(f"{where}: duplicate id {rec.id!r}")
-            except json.JSONDecodeError as e:
-                self.skipped.append((where, f"not JSON ({e})"))
-                continue
-            except DataError as e:
-                self.skipped.append((where, str(e)))
-                continue
-            seen.add(rec.id)
-            self.songs.append(rec)
+            raise PreparedFolderError(f"{manifest}: not found (run `yue prepare -o {self.folder}` first)")
+        skipped: list[tuple[int, str, str]] = []
+        offsets, lengths, lines, splits, hashes = (array.array(t) for t in ("q", "i", "i", "h", "q"))
+        split_ids: dict[str, int] = {}
+        n_json, pos = 0, 0
+        with open(manifest, "rb") as fh:
+            for n, raw in enumerate(fh, 1):  # streamed, bytes: offsets are file positions
+                at, pos = pos, pos + len(raw)
+                if not raw.strip():
+                    continue
+                where = f"{manifest}:{n}"
+                try:
+                    row = json.loads(raw)
+                    n_json += 1
+                    rec = parse_row(row, self.folder, where)
+                except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                    skipped.append((n, where, f"not JSON ({e})"))
+                    continue
+                except DataError as e:
+                    skipped.append((n, where, str(e)))
+                    continue
+                offsets.append(at)
+                lengths.append(len(raw))
+                lines.append(n)
+                splits.append(split_ids.setdefault(rec.split, len(split_ids)))
+                hashes.append(int.from_bytes(hashlib.blake2b(rec.id.encode(), digest_size=8).digest(), "little",
+                                             signed=True))  # fmt: skip
+        check_finished(self.folder, n_json)
+        table = SongTable(self.folder, np.frombuffer(offsets, np.int64), np.frombuffer(lengths, np.int32),
+                          np.frombuffer(lines, np.int32), np.frombuffer(splits, np.int16), list(split_ids))  # fmt: skip
+        # duplicate ids: a row whose id (8-byte hash, confirmed on the ids themselves) came earlier is skipped
+        h = np.frombuffer(hashes, np.int64)
+        _, first = np.unique(h, return_index=True)
+        keep = np.zeros(h.size, dtype=bool)
+        keep[first] = True
+        if not keep.all():
+            seen: set[str] = set()
+            for j in np.nonzero(np.isin(h, h[~keep]))[0]:  # only the rows whose hash occurs more than once
+                sid = table[int(j)].id
+                keep[j] = sid not in seen  # (two different ids with one hash are both kept)
+                seen.add(sid)
+                if not keep[j]:
+                    where = f"{manifest}:{int(table.lines[j])}"
+                    skipped.append((int(table.lines[j]), where, f"{where}: duplicate id {sid!r}"))
+        self.songs = table if keep.all() else table[keep]
+        self.skipped = [(where, why) for _, where, why in sorted(skipped)]
         for where, why in self.skipped:
             log.warning("skipping manifest row %s", why if why.startswith(where) else f"{where}: {why}")
         self.tok = find_tokenizer(self.folder, tokenizer)
 
-    def split(self, name: str, limit: int = 0) -> list[SongRecord]:
-        out = [s for s in self.songs if s.split == name]
+    def split(self, name: str, limit: int = 0) -> SongTable:
+        """The songs of split ``name`` (the first ``limit`` when > 0), manifest order."""
+        code = self.songs.split_names.index(name) if name in self.songs.split_names else -1
+        out = self.songs[np.nonzero(self.songs.splits == code)[0]]
         return out[:limit] if limit > 0 else out
 
     def codes(self, rec: SongRecord) -> dict[str, np.ndarray]:
-        """``{"vocal", "accompaniment", "mix"}`` -> ``[K, T]`` int64 codes (raises :class:`DataError`)."""
+        """``{"vocal", "accompaniment", "mix"}`` -> ``[K, T]`` integer codes, memory-mapped (:func:`open_codes`: as
+        stored, int16 for prepare's files; slice, then convert what is used). Raises :class:`DataError`."""
         p = rec.codes_path
         try:
-            with np.load(p, allow_pickle=False) as z:
-                out = {k: np.asarray(z[k]).astype(np.int64) for k in ("vocal", "accompaniment", "mix") if k in z.files}
-        except (OSError, ValueError) as e:
+            arrays = open_codes(p)
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
             raise DataError(f"{p}: unreadable codes file ({e})") from e
+        out = {k: v for k, v in arrays.items() if k in ("vocal", "accompaniment", "mix")}
+        if any(v.dtype.kind not in "iu" for v in out.values()):
+            raise DataError(f"{p}: codes must be integers, got {({k: str(v.dtype) for k, v in out.items()})}")
         missing = {"vocal", "accompaniment", "mix"} - set(out)
         if missing:
             raise DataError(f"{p}: missing stem(s) {sorted(missing)}")
@@ -284,20 +478,22 @@ class DocumentBuilder:
 
         tok = self.tok
         sections = [Section(s.label, s.text) for s in rec.segments]
-        v0, i0, m0 = (codes[k][0] for k in ("vocal", "accompaniment", "mix"))
+        # codebook 0 only: the rows of the memory-mapped codes that stage 1 reads (1/K of the file)
+        cb0 = {m: np.asarray(codes[k][0], dtype=np.int64) for m, k in CODE_KEYS.items()}
+        v0, i0, m0 = cb0["vocal"], cb0["inst"], cb0["mix"]
         ref = None
         if rng is not None:
             m = self.cfg.modes
             a, b = icl_span(rec, m0 if mode != "dual" else v0, rng, m.icl_mean_s, m.icl_std_s, m.icl_min_s,
                             m.icl_max_s, self.cfg.data.fps)  # fmt: skip
             ref = (Reference("dual", v0[a:b], i0[a:b]) if mode == "dual"
-                   else Reference("single", codes[CODE_KEYS[mode]][0, a:b]))  # fmt: skip
+                   else Reference("single", cb0[mode][a:b]))  # fmt: skip
         if mode == "dual":
             song = Stage1Song(rec.tags, sections, [v0[s.frame_start : s.frame_end] for s in rec.segments],
                               [i0[s.frame_start : s.frame_end] for s in rec.segments], ref)  # fmt: skip
             return build_stage1(tok, song, eod=True)
         # single-track modes: the same CoT layout with one codebook-0 id per frame in each audio block
-        track = codes[CODE_KEYS[mode]][0]
+        track = cb0[mode]
         soa, eoa, xc = tok.id("<SOA>"), tok.id("<EOA>"), tok.id("<xcodec>")
         ids = tok.tokenize(head_text(rec.tags, sections))
         if ref is not None:
@@ -316,7 +512,8 @@ class DocumentBuilder:
         arr = codes[CODE_KEYS[mode]]
         if arr.shape[0] < 8:
             raise DataError(f"{rec.codes_path}: {CODE_KEYS[mode]} has {arr.shape[0]} codebooks; stage 2 needs 8")
-        ids, _ = build_stage2_document(self.layout, arr[:8], chunk_frames=self.cfg.data.stage2_chunk_frames,
+        ids, _ = build_stage2_document(self.layout, np.asarray(arr[:8], dtype=np.int64),
+                                       chunk_frames=self.cfg.data.stage2_chunk_frames,
                                        min_unique=self.cfg.data.stage2_min_unique, eod=True)  # fmt: skip
         return ids
 
@@ -423,7 +620,9 @@ class BlockStream(torch.utils.data.IterableDataset):
         super().__init__()
         if not songs:
             raise DataError(f"{builder.data.folder}: no training songs (split {builder.cfg.data.train_split!r})")
-        self.builder, self.songs, self.blocks_per_step, self.seed = builder, list(songs), blocks_per_step, seed
+        # a SongTable stays a table (18 bytes per song); anything else becomes a list
+        self.builder, self.blocks_per_step, self.seed = builder, blocks_per_step, seed
+        self.songs = songs if isinstance(songs, SongTable) else list(songs)
         cfg = builder.cfg
         self.packer_args = (cfg.data.block_size, cfg.data.doc_masking, builder.layout.id("<PAD>"))
         self.mode_counts: dict[str, int] = {}
@@ -472,12 +671,21 @@ class Collator:
     Rows shorter than the longest (one document per row, the benchmark's baseline) are right-padded with ``pad_id``
     and label -100; the padding's position ids start a new run at 0 under ``doc_masking`` (a separate "document"
     nothing attends to) and continue the row's positions otherwise (causal attention never looks right).
+
+    ``varlen``: also add the document boundaries for flash-attention varlen (``cu_seq_lens_q/k`` int32 [N + 1] over
+    the flattened B*T tokens, ``max_length_q/k``: :func:`musiccore.attention.varlen_kwargs`), which transformers'
+    ``flash_attention_2`` needs for a batch of more than one row (it infers them from the position ids only for one
+    row). :func:`yue.lm.train.train` turns it on and sets ``accelerator_config={"dispatch_batches": False}``: by
+    default accelerate feeds an ``IterableDataset`` such as :class:`BlockStream` through its batch dispatcher, which
+    slices every tensor of the collated batch along dim 0, even in one process (``cu_seq_lens`` [N + 1] would be cut
+    to its first B entries). Off by default here: turn it on only where the batch reaches the model as collated.
     """
 
     pad_id: int
     doc_masking: bool = True
+    varlen: bool = False  # add the flash-attention varlen boundaries (see above)
 
-    def __call__(self, batch: list[dict]) -> dict[str, torch.Tensor]:
+    def __call__(self, batch: list[dict]) -> dict[str, torch.Tensor | int]:
         T = max(len(b["input_ids"]) for b in batch)
         ids = torch.full((len(batch), T), self.pad_id, dtype=torch.long)
         labels = torch.full((len(batch), T), IGNORE_INDEX, dtype=torch.long)
@@ -488,26 +696,43 @@ class Collator:
             labels[i, :n] = torch.as_tensor(np.asarray(b["labels"]))
             pos[i, :n] = torch.as_tensor(np.asarray(b["position_ids"]))
             pos[i, n:] = torch.arange(T - n) + (0 if self.doc_masking else n)
-        return {"input_ids": ids, "labels": labels, "position_ids": pos}
+        out: dict[str, torch.Tensor | int] = {"input_ids": ids, "labels": labels, "position_ids": pos}
+        if self.varlen:
+            out.update(varlen_kwargs(pos))
+        return out
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # reports and held-out blocks
 # ---------------------------------------------------------------------------------------------------------------
 def token_report(builder: DocumentBuilder, data: PreparedData, splits: Sequence[str], modes: Sequence[str],
-                 icl_seed: int | None = None, max_songs: int = 0) -> dict:  # fmt: skip
+                 icl_seed: int | None = None, max_songs: int = 0, sample: int = 0) -> dict:  # fmt: skip
     """Documents and tokens per split and mode (``"<mode>+icl"`` too when ``icl_seed`` is given: one seeded draw).
 
-    Returns ``{split: {mode: {"songs": n, "tokens": n}}, "skipped": [[song, mode, reason], ...]}``.
+    Args:
+        max_songs: the training split's cap (``data.max_songs``; 0 = all).
+        sample: when > 0 and a split has more songs, count ``sample`` evenly spaced songs and scale the counts by
+            ``songs / sample`` (rounded): building every document of a cluster-sized corpus before training would
+            take rank 0 hours while the other ranks wait (see :data:`REPORT_MAX_SONGS`).
+
+    Returns ``{split: {mode: {"songs": n, "tokens": n}}, "skipped": [[song, mode, reason], ...],
+    "sampled": {split: {"counted": n, "songs": n}}}`` (``sampled`` names the splits whose counts are estimates;
+    ``skipped`` lists the counted songs only).
     """
-    out: dict = {"skipped": []}
+    out: dict = {"skipped": [], "sampled": {}}
     for split in splits:
         songs = data.split(split, max_songs if split == builder.cfg.data.train_split else 0)
+        picks = list(range(len(songs)))
+        if 0 < sample < len(songs):
+            picks = sorted(set(np.linspace(0, len(songs) - 1, sample).round().astype(int).tolist()))
+            out["sampled"][split] = {"counted": len(picks), "songs": len(songs)}
+        scale = len(songs) / max(1, len(picks))
         row: dict = {}
         for mode in modes:
             for icl in ([False, True] if icl_seed is not None else [False]):
                 n_docs = n_tok = 0
-                for k, rec in enumerate(songs):
+                for k in picks:
+                    rec = songs[k]
                     try:
                         rng = np.random.default_rng([icl_seed, k]) if icl else None
                         n_tok += int(builder.document(rec, mode, rng).size)
@@ -515,6 +740,8 @@ def token_report(builder: DocumentBuilder, data: PreparedData, splits: Sequence[
                     except DataError as e:
                         if not icl:
                             out["skipped"].append([rec.id, mode, str(e)])
+                if scale != 1.0:
+                    n_docs, n_tok = round(n_docs * scale), round(n_tok * scale)
                 row[mode + ("+icl" if icl else "")] = {"songs": n_docs, "tokens": n_tok}
         out[split] = row
     return out

@@ -9,7 +9,8 @@ Launch (the same entry point everywhere)::
 Run folder (``run.dir`` or ``<MUSIC_RUNS_DIR>/yue/<run.name>-<config hash>``)::
 
     config.yaml git.txt env.txt   resolved config and provenance (a relaunch with another config is refused)
-    tokens.json                   documents and tokens per split and mode (also logged)
+    tokens.json                   documents and tokens per split and mode (also logged; estimated from at most
+                                  REPORT_MAX_SONGS evenly spaced songs per split, see its "sampled" key)
     deepspeed.json                when deepspeed.enabled
     logs/ metrics.jsonl tb/       one line per log step; TensorBoard
     checkpoints/checkpoint-<N>/   safetensors weights + optimizer/scheduler/RNG/trainer state
@@ -26,6 +27,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import math
 import os
 import shutil
 import time
@@ -39,11 +41,13 @@ from musiccore.hf import rank_info
 from musiccore.hf import resolve_precision as _resolve_precision
 from musiccore.runs import atomic_write_json, cache_dir, prepare_run_dir, runs_root
 from yue.lm.config import LMTrainConfig
-from yue.lm.data import (IGNORE_INDEX, BlockStream, Collator, DocumentBuilder, PreparedData, eval_blocks,
-                         schedule_at, token_report, training_documents)  # fmt: skip
+from yue.lm.data import (IGNORE_INDEX, REPORT_MAX_SONGS, BlockStream, Collator, DocumentBuilder, PreparedData,
+                         eval_blocks, schedule_at, token_report, training_documents)  # fmt: skip
 from yue.lm.model import LMLoadError, build_lm, check_vocab
 
 log = logging.getLogger(__name__)
+
+BASELINE_MAX_SONGS = 2000  # training songs the held-out n-gram baselines are fitted on (evenly spaced)
 
 __all__ = ["train", "evaluate_lm", "run_dir_of", "deepspeed_dict", "build_model", "check_init_from", "ngram_scores"]
 
@@ -236,12 +240,17 @@ def train(cfg: LMTrainConfig) -> dict:
         used = sorted({m for m, w in cfg.base_weights().items() if w > 0}
                       | {m for p in cfg.modes.schedule for m, w in p.weights.items() if w > 0} | set(cfg.eval_modes()))
         any_icl = cfg.modes.icl_share > 0 or any(p.icl_share > 0 for p in cfg.modes.schedule)
+        # bounded: the other ranks wait for rank 0 at the first collective (an O(corpus) pass would time them out)
         rep = token_report(builder, data, [cfg.data.train_split, *cfg.data.eval_splits], used,
-                           icl_seed=cfg.run.seed if any_icl else None, max_songs=cfg.data.max_songs)  # fmt: skip
+                           icl_seed=cfg.run.seed if any_icl else None, max_songs=cfg.data.max_songs,
+                           sample=REPORT_MAX_SONGS)  # fmt: skip
         rep["skipped_rows"] = [list(x) for x in data.skipped]
         atomic_write_json(run_dir / "tokens.json", rep)
         for split in [cfg.data.train_split, *cfg.data.eval_splits]:
-            log.info("tokens %s: %s", split, ", ".join(f"{m} {v['tokens']:,} ({v['songs']} songs)" for m, v in rep[split].items()))
+            est = rep["sampled"].get(split)
+            log.info("tokens %s%s: %s", split,
+                     f" (estimated from {est['counted']} of {est['songs']} songs)" if est else "",
+                     ", ".join(f"{m} {v['tokens']:,} ({v['songs']} songs)" for m, v in rep[split].items()))  # fmt: skip
     if cfg.model.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
@@ -298,6 +307,11 @@ def train(cfg: LMTrainConfig) -> dict:
         use_cpu=not torch.cuda.is_available(),
         seed=cfg.run.seed,
         dataloader_num_workers=0,  # the stream is generated in the main process (workers would duplicate it)
+        # every rank reads the deterministic stream and keeps its own share of each round of world x micro_batch
+        # blocks (accelerate's IterableDatasetShard). The default for an IterableDataset (rank 0 reads, then
+        # dispatches a dim-0 slice of every tensor to each rank, even in one process) would cut the collator's
+        # flash-attention boundaries (cu_seq_lens [N + 1] -> its first B entries)
+        accelerator_config={"dispatch_batches": False},
         remove_unused_columns=False,
         report_to=["tensorboard"] if t.tensorboard and rank == 0 else "none",
         deepspeed=str(ds_path) if ds_path else None,
@@ -308,7 +322,10 @@ def train(cfg: LMTrainConfig) -> dict:
     start_state: dict = {}
     callbacks, preempt = _callbacks(run_dir, cfg.data.block_size * blocks_per_step, start_state)
     trainer = Trainer(model=model, args=args, train_dataset=stream,
-                      data_collator=Collator(tok.layout.id("<PAD>"), cfg.data.doc_masking), callbacks=callbacks)
+                      # varlen: the document boundaries flash_attention_2 needs for micro-batches of more than one
+                      # block (packed_sdpa / sdpa / eager ignore them, so always on: one data path for every backend)
+                      data_collator=Collator(tok.layout.id("<PAD>"), cfg.data.doc_masking, varlen=True),
+                      callbacks=callbacks)  # fmt: skip
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)  # LineLogCallback prints one line per log step instead
@@ -424,16 +441,35 @@ def score_blocks(model, blocks: list[dict], layout, batch_size: int = 2, device:
     return {k: torch.cat(v).numpy() if v else np.zeros(0) for k, v in out.items()}
 
 
-def _ngram_counts(docs, V: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Unigram counts of targets (every token but a document's first) and sorted unique bigram keys + counts."""
+def _merge_counts(k1: np.ndarray, c1: np.ndarray, k2: np.ndarray, c2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sum two (sorted unique keys [N], counts [N]) tables into one."""
+    k, inv = np.unique(np.concatenate([k1, k2]), return_inverse=True)
+    c = np.zeros(k.size, dtype=np.int64)
+    np.add.at(c, inv, np.concatenate([c1, c2]))
+    return k, c
+
+
+def _ngram_counts(docs, V: int, chunk_tokens: int = 1 << 24) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Unigram counts of targets (every token but a document's first) and sorted unique bigram keys + counts.
+
+    Memory is bounded by the distinct bigrams plus ``chunk_tokens`` keys (int64): the keys of every
+    ``chunk_tokens`` tokens are counted and merged into the table, never the keys of the whole corpus at once.
+    """
     uni = np.zeros(V, dtype=np.int64)
-    keys = []
+    bk, bc = np.zeros(0, np.int64), np.zeros(0, np.int64)
+    keys: list[np.ndarray] = []
+    n = 0
     for d in docs:
         d = d.astype(np.int64)
         uni += np.bincount(d[1:], minlength=V)[:V]
         keys.append(d[:-1] * V + d[1:])
-    k, c = np.unique(np.concatenate(keys) if keys else np.zeros(0, np.int64), return_counts=True)
-    return uni, k, c
+        n += keys[-1].size
+        if n >= chunk_tokens:  # fold this chunk into the table (bounded memory on a large training set)
+            bk, bc = _merge_counts(bk, bc, *np.unique(np.concatenate(keys), return_counts=True))
+            keys, n = [], 0
+    if keys:
+        bk, bc = _merge_counts(bk, bc, *np.unique(np.concatenate(keys), return_counts=True))
+    return uni, bk, bc
 
 
 def ngram_scores(uni: np.ndarray, bkeys: np.ndarray, bcounts: np.ndarray, prev: np.ndarray, target: np.ndarray,
@@ -501,11 +537,16 @@ def evaluate_lm(folder: str | Path, cfg: LMTrainConfig, data: PreparedData, buil
     layout = tok.layout
     modes = cfg.eval_modes()
     train_songs = data.split(cfg.data.train_split, cfg.data.max_songs)
-    uni, bk, bc = _ngram_counts(training_documents(builder, train_songs, modes), layout.vocab_size)
+    # baselines from at most BASELINE_MAX_SONGS evenly spaced training songs: exact on small sets, minutes instead of
+    # hours (rebuilding every document) after a cluster-sized run
+    fit_songs = train_songs[:: max(1, math.ceil(len(train_songs) / BASELINE_MAX_SONGS))]
+    uni, bk, bc = _ngram_counts(training_documents(builder, fit_songs, modes), layout.vocab_size)
     xc = layout.xcodec
-    res: dict = {"task": cfg.task, "modes": modes, "train_songs": len(train_songs), "train_tokens": int(uni.sum()),
+    res: dict = {"task": cfg.task, "modes": modes, "train_songs": len(train_songs), "baseline_songs": len(fit_songs),
+                 "train_tokens": int(uni.sum()),
                  "baselines": "unigram (add-k) and interpolated bigram fitted on the training documents of the same "
-                              "modes; k and the interpolation weight picked on the held-out set (optimistic)",
+                              "modes (train_tokens: of the baseline_songs, at most BASELINE_MAX_SONGS evenly spaced); "
+                              "k and the interpolation weight picked on the held-out set (optimistic)",
                  "splits": {}}  # fmt: skip
     every = {k: [] for k in ("target", "prev", "logp", "hit")}
     for split in list(cfg.data.eval_splits) + ["all"]:
