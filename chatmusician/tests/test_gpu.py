@@ -5,7 +5,9 @@
   every call sees packed rows (no mask, position ids restarting) in bf16 on CUDA, and after training nothing flows
   between the samples of a packed row (changing a row's first sample leaves the later samples' logits as they were;
   the control, the row attended as one sequence, moves them). Micro-batches of 2 rows: transformers' flash path
-  infers varlen boundaries from position ids only for a batch of one row, so this is where a leak would show.
+  infers varlen boundaries from position ids only for a batch of one row, so this is where a leak would show; every
+  training call must get all the sample boundaries of its batch from the collator (``cu_seq_lens_q``), and the leak
+  check passes them too (``packing_leak(..., varlen=True)``), as training does.
 - The same run under DeepSpeed ZeRO-2 in its own process: the engine's ZeRO stage is 2, the model is on CUDA in
   bf16, and the loss is finite.
 """
@@ -36,6 +38,15 @@ def expected_attention() -> str:
     return "flash_attention_2" if importlib.util.find_spec("flash_attn") is not None else "packed_sdpa"
 
 
+def all_boundaries(pos, cu) -> bool:
+    """``cu`` (``cu_seq_lens_q`` as an attention call got it) holds every sample start of the position ids ``pos``
+    ``[B, T]`` in the flattened batch, then ``B*T``."""
+    if pos is None or cu is None:
+        return False
+    want = (pos.reshape(-1) == 0).nonzero().flatten().tolist() + [pos.numel()]
+    return cu.tolist() == want
+
+
 def lora_packed_run(cfg) -> dict:
     """Train ``cfg`` in this process, recording every call of the attention function the model dispatches to; then
     the packing leak check on two packed training rows."""
@@ -60,7 +71,8 @@ def lora_packed_run(cfg) -> dict:
             pos = kw.get("position_ids")
             calls.append({"impl": name, "device": query.device.type, "dtype": str(query.dtype).split(".")[-1],
                           "mask": attention_mask is not None, "batch": query.shape[0],
-                          "packed": pos is not None and bool((pos[..., 1:] == 0).any())})
+                          "packed": pos is not None and bool((pos[..., 1:] == 0).any()),
+                          "boundaries": all_boundaries(pos, kw.get("cu_seq_lens_q"))})
             return real_fn(module, query, key, value, attention_mask, *a, **kw)
 
         AttentionInterface.register(name, counted)  # dispatch is looked up at every forward
@@ -78,7 +90,7 @@ def lora_packed_run(cfg) -> dict:
     rows = [r for r in T.load_split(cfg, "train") if sum(p == 0 for p in r["position_ids"]) >= 2][:2]
     # the rows' later samples include the collator's padding run (position ids restarting too): it must not move either
     batch = Collator(pad_id=built["tok"].pad_token_id)([dict(r) for r in rows])
-    leak = packing_leak(model, batch["input_ids"], batch["position_ids"])
+    leak = packing_leak(model, batch["input_ids"], batch["position_ids"], varlen=True)
     return {"summary": summary, "impl": built["impl"], "config_impl": model.config._attn_implementation,
             "calls": calls, "param_devices": {p.device.type for p in model.parameters()},
             "base_dtypes": {p.dtype for n, p in model.named_parameters() if "lora_" not in n},
@@ -98,7 +110,7 @@ def test_lora_packed_training_on_cuda_bf16(cfg_on_corpus):
     # 6 steps x 2 layers (no gradient checkpointing, so no recomputed forwards); each call packed, bf16, on CUDA
     assert len(train_calls) >= 6 * 2
     assert all(c["device"] == "cuda" and c["dtype"] == "bfloat16" and not c["mask"] and c["packed"]
-               for c in train_calls), train_calls[:3]
+               and c["boundaries"] for c in train_calls), train_calls[:3]
     assert out["param_devices"] == {"cuda"} and out["base_dtypes"] == {torch.bfloat16}  # LoRA: frozen base in bf16
     assert len(out["losses"]) == 6 and all(math.isfinite(v) and v > 0 for v in out["losses"])
     # attention stays inside each packed sample: the later samples of a row ignore the first one

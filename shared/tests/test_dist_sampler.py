@@ -7,7 +7,9 @@ parent process asserts the two sets are disjoint and their union is the whole da
 
 - map-style dataset (ChatMusician: a ``datasets.Dataset`` of packed rows): the Trainer's random sampler, sharded
   batch by batch (``BatchSamplerShard``); both ranks must draw the same permutation, or they would overlap.
-- iterable dataset (YuE: ``BlockStream``): rank 0 reads the stream and dispatches a slice of each batch to every rank.
+- iterable dataset (YuE: ``BlockStream``), with YuE's ``accelerator_config={"dispatch_batches": False}`` (accelerate's
+  dispatcher would slice the flash-attention boundaries of a batch): every rank reads the whole deterministic stream
+  and keeps its own slice of each round (``IterableDatasetShard``); the test also checks that both ranks read it all.
 
 When the data does not fill the last round of batches, accelerate (``even_batches``) tops it up with samples from
 the start of the epoch so every rank runs the same number of steps (DDP needs that); that padding is the only
@@ -64,23 +66,27 @@ def _rank_main(out_dir: str, cases: list[str]) -> None:
     torch.manual_seed(1000 + rank)  # different global RNG per rank: the Trainer must not depend on it
 
     class Stream(torch.utils.data.IterableDataset):
-        """Samples 0..n-1 once, like a finite pass of YuE's block stream."""
+        """Samples 0..n-1 once, like a finite pass of YuE's block stream; counts what this process read."""
 
         def __init__(self, n: int):
-            self.n = n
+            self.n, self.read = n, 0
 
         def __iter__(self):
             for i in range(self.n):
+                self.read += 1
                 yield {"idx": i}
 
     def collate(rows):  # the projects' collators stack rows; this one keeps the sample index
         return {"idx": torch.tensor([int(r["idx"]) for r in rows])}
 
     # the TrainingArguments the LM trainers use on CPU (use_cpu -> gloo process group over torchrun's env)
-    args = TrainingArguments(output_dir=str(Path(out_dir) / "trainer"), per_device_train_batch_size=BATCH,
-                             use_cpu=True, seed=0, dataloader_num_workers=0, remove_unused_columns=False,
-                             report_to="none", disable_tqdm=True, max_steps=1)
+    common = dict(output_dir=str(Path(out_dir) / "trainer"), per_device_train_batch_size=BATCH, use_cpu=True, seed=0,
+                  dataloader_num_workers=0, remove_unused_columns=False, report_to="none", disable_tqdm=True,
+                  max_steps=1)  # fmt: skip
+    args = TrainingArguments(**common)
     assert args.world_size == WORLD, f"world size {args.world_size}"
+    # YuE's setting for its block stream (yue.lm.train): no batch dispatcher, every rank reads the stream itself
+    stream_args = TrainingArguments(**common, accelerator_config={"dispatch_batches": False})
     for case in cases:
         kind, n = case.split(":")[0], int(case.split(":")[1])
         if kind == "map":
@@ -89,9 +95,12 @@ def _rank_main(out_dir: str, cases: list[str]) -> None:
             train = Stream(n)
         else:
             raise ValueError(f"case {case!r}: expected map:<n> or iterable:<n>")
-        trainer = Trainer(model=torch.nn.Linear(1, 1), args=args, train_dataset=train, data_collator=collate)
+        trainer = Trainer(model=torch.nn.Linear(1, 1), args=stream_args if kind == "iterable" else args,
+                          train_dataset=train, data_collator=collate)  # fmt: skip
         got = [batch["idx"].tolist() for batch in trainer.get_train_dataloader()]
         (Path(out_dir) / f"{case}.rank{rank}.json").write_text(json.dumps(got))
+        if kind == "iterable":
+            (Path(out_dir) / f"{case}.rank{rank}.read").write_text(str(train.read))
 
 
 # ------------------------------------------------------------------------------------------------------- parent side
@@ -126,6 +135,8 @@ def test_trainer_sampler_splits_data_between_two_ranks(launched, case):
         last = [i for batches in ranks for i in batches[-1]]
         assert set(range(n)) - set(body) <= set(last)
         assert len(last) - len(set(last) - set(body)) < WORLD * BATCH  # top-up samples never fill a whole round
+    if case.startswith("iterable"):  # no dispatcher: each rank read the whole stream and kept its own share
+        assert [int((launched / f"{case}.rank{r}.read").read_text()) for r in range(WORLD)] == [n] * WORLD
 
 
 if __name__ == "__main__":

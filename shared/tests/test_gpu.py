@@ -4,8 +4,9 @@
   from a per-sample one: on a CPU in the default suite, with ``packed_sdpa`` against a plain causal attention that
   ignores the sample boundaries.
 - On CUDA (marked gpu): ``packed_sdpa`` in bf16 and, when ``flash_attn`` imports, transformers' ``flash_attention_2``
-  keep attention inside each sample of packed rows, in a batch of 2 rows; ``resolve_precision("auto")`` is bf16 on a
-  GPU that supports it.
+  keep attention inside each sample of packed rows, in a batch of 2 rows, called as the LM collators call them (the
+  sample boundaries passed, ``packing_leak(..., varlen=True)``: flash needs them for more than one row);
+  ``resolve_precision("auto")`` is bf16 on a GPU that supports it.
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ def test_packed_rows_do_not_leak_on_cuda_bf16(attn):
 
         register_packed_attention()
     model = tiny_llama(attn, "cuda").to(torch.bfloat16)
-    leak = packing_leak(model, *packed_batch("cuda"))
+    leak = packing_leak(model, *packed_batch("cuda"), varlen=True)
     assert leak["first"] > 0.01 and leak["leak_control"] > 0.01, leak
     assert leak["later"] < 0.02 * leak["leak_control"], leak
 

@@ -8,8 +8,9 @@ collators therefore hand the boundaries to the model (``cu_seq_lens_q/k``, ``max
   :class:`~musiccore.attention.PackingError` naming the row;
 - through transformers' real flash-attention dispatch (``flash_attention_forward`` -> ``_flash_attention_forward``)
   with CPU kernels standing in for ``flash_attn`` (per-sample causal SDPA, written here): a micro-batch of 2 rows
-  without the kwargs leaks between packed samples (the bug), with them it does not and gives the ``packed_sdpa``
-  logits, so the kwargs really travel from the model's forward to the attention function;
+  without the kwargs leaks between packed samples (the bug), with them (``packing_leak(..., varlen=True)``, the option
+  the GPU leak checks use) it does not and gives the ``packed_sdpa`` logits, so the kwargs really travel from the
+  model's forward to the attention function;
 - the other implementations (``packed_sdpa``, ``sdpa``, ``eager``) ignore them: same logits and loss.
 """
 
@@ -158,20 +159,6 @@ def cpu_flash(monkeypatch):
     yield calls
 
 
-class WithBoundaries(torch.nn.Module):
-    """Calls the model with the boundaries of its position ids added, as a collated batch reaches it."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def get_input_embeddings(self):
-        return self.model.get_input_embeddings()
-
-    def forward(self, input_ids, position_ids):
-        return self.model(input_ids=input_ids, position_ids=position_ids, **varlen_kwargs(position_ids))
-
-
 def _batch():
     g = torch.Generator().manual_seed(1)
     pos = packed_rows([[20, 28], [9, 22], [31]], 48)[[0, 2]]  # row 0: 20 + 28; row 1: 31 + padding run of 17
@@ -186,7 +173,7 @@ def test_flash_path_keeps_packed_samples_apart_with_micro_batch_2_only_with_the_
     assert {c[0] for c in cpu_flash} == {"dense"}
     assert leak["later"] > 0.5 * leak["leak_control"] > 0.005, leak
     cpu_flash.clear()
-    fixed = packing_leak(WithBoundaries(model), ids, pos)
+    fixed = packing_leak(model, ids, pos, varlen=True)  # the boundaries passed as a collated batch carries them
     assert fixed["later"] < 1e-5 and fixed["first"] > 0.01 and fixed["leak_control"] > 0.01, fixed
     # the packed batch went through the varlen kernel with the collator's boundaries (the control, with continuous
     # positions, with one sample per row)

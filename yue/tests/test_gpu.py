@@ -5,8 +5,10 @@
 - LM (stage 1, packed blocks with document masking) through :func:`yue.lm.train.train` with
   ``trainer.precision=bf16``: the attention implementation the model dispatches to (``flash_attention_2`` when
   ``flash_attn`` imports, else ``packed_sdpa``) is counted at every call, and every call is bf16 on CUDA without a
-  mask; fp32 master weights on CUDA; finite losses; and nothing flows between the documents of a packed block
-  (:func:`musiccore.testing.packing_leak`, micro-batches of 2 blocks).
+  mask, with all the document boundaries of its micro-batch of 2 blocks (``cu_seq_lens_q``, which
+  transformers' flash path needs for more than one row); fp32 master weights on CUDA; finite losses; and nothing
+  flows between the documents of a packed block (:func:`musiccore.testing.packing_leak` with the boundaries passed,
+  ``varlen=True``, as training passes them).
 """
 
 from __future__ import annotations
@@ -84,8 +86,12 @@ def lm_run(cfg) -> dict:
         real_fn = ALL_ATTENTION_FUNCTIONS[name]
 
         def counted(module, query, key, value, attention_mask, *a, **kw):
+            pos, cu = kw.get("position_ids"), kw.get("cu_seq_lens_q")
+            # every document start of the micro-batch in the flattened B*T tokens, then B*T
+            full = (pos is not None and cu is not None
+                    and cu.tolist() == (pos.reshape(-1) == 0).nonzero().flatten().tolist() + [pos.numel()])
             calls.append({"device": query.device.type, "dtype": str(query.dtype).split(".")[-1],
-                          "mask": attention_mask is not None, "batch": query.shape[0]})
+                          "mask": attention_mask is not None, "batch": query.shape[0], "boundaries": full})
             return real_fn(module, query, key, value, attention_mask, *a, **kw)
 
         AttentionInterface.register(name, counted)  # dispatch is looked up at every forward
@@ -104,11 +110,12 @@ def lm_run(cfg) -> dict:
     blocks = eval_blocks(DocumentBuilder(data, cfg), data.split("valid") + data.split("test"), ["dual", "vocal"])
     two_docs = [b for b in blocks if (np.asarray(b["position_ids"])[1:] == 0).any()][:2]
     batch = Collator(data.tok.id("<PAD>"), cfg.data.doc_masking)(two_docs)
+    leak = packing_leak(model, batch["input_ids"], batch["position_ids"], varlen=True)
     rows = [json.loads(x) for x in (Path(summary["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
     return {"summary": summary, "impl": built["impl"], "calls": calls,
             "param_devices": {p.device.type for p in model.parameters()},
             "param_dtypes": {p.dtype for p in model.parameters()},
-            "leak": packing_leak(model, batch["input_ids"], batch["position_ids"]), "blocks": len(two_docs),
+            "leak": leak, "blocks": len(two_docs),
             "losses": [r["loss"] for r in rows if "loss" in r]}
 
 
@@ -119,8 +126,9 @@ def test_tiny_lm_stage1_bf16_on_cuda(lm_cfg):
     assert out["summary"]["global_step"] == 4 and out["summary"]["final"]
     assert out["impl"] == expected_attention()
     train_calls = [c for c in out["calls"] if c["batch"] == 2]
-    assert len(train_calls) >= 4 and all(c == {"device": "cuda", "dtype": "bfloat16", "mask": False, "batch": 2}
-                                         for c in train_calls), out["calls"][:3]
+    assert len(train_calls) >= 4 and all(
+        c == {"device": "cuda", "dtype": "bfloat16", "mask": False, "batch": 2, "boundaries": True}
+        for c in train_calls), out["calls"][:3]  # fmt: skip
     assert out["param_devices"] == {"cuda"} and out["param_dtypes"] == {torch.float32}  # fp32 master weights
     assert len(out["losses"]) == 4 and all(math.isfinite(v) and v > 0 for v in out["losses"])
     leak = out["leak"]

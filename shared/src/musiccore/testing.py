@@ -214,8 +214,135 @@ def sibling_imports(src_dir, project: str) -> dict[str, list[str]]:
     return found
 
 
+def import_graph(src_dir, package: str) -> dict[str, set[str]]:
+    """``{module: {package modules it imports}}`` for every module of ``package`` under ``src_dir`` (the folder that
+    holds ``package/``), read from the source (nothing is imported). Names are dotted (``yue.codec.xcodec``; a
+    package's ``__init__.py`` is the package name, ``yue.codec``).
+
+    What counts as an edge ``A -> B``:
+
+    - every ``import`` statement anywhere in ``A``: top level, inside functions (a lazy import is still a dependency)
+      and under ``try``; only ``if TYPE_CHECKING:`` blocks are left out (they never run);
+    - absolute (``import yue.lm.model``, ``from yue.lm.model import x``) and relative imports of any level
+      (``from .x import y``, ``from ..codec import xcodec``, ``from . import x``);
+    - ``from P import n`` is an import of the submodule ``P.n`` when that module exists, else of ``P`` itself (``n``
+      is a name defined in ``P``);
+    - importing ``B`` also runs the ``__init__`` of every package above ``B``: those packages are edges too, except
+      the packages that hold ``A`` itself. So ``yue.generate.stage2 -> yue.codec.xcodec`` adds ``yue.codec`` (its
+      ``__init__`` runs and re-exports), but ``yue.codec.vocos -> yue.codec.xcodec`` does not add ``yue.codec``.
+
+    A package ``__init__`` that re-exports its submodules therefore has edges to them, and a submodule has an edge
+    back to its package only when it asks for it by name (``from yue.codec import XCodec``, ``from . import name``):
+    that pair is a real cycle (the submodule reads a half-initialised package), whereas the parent-package import
+    that Python does before every submodule is not counted (it would make every re-exporting package a cycle).
+
+    Raises ``ValueError`` naming the file and line for a relative import that climbs above ``package``, and
+    ``SyntaxError`` (with the file name) for a file that does not parse.
+    """
+    import ast
+    from pathlib import Path
+
+    root = Path(src_dir) / package
+    if not (root / "__init__.py").is_file():
+        raise ValueError(f"import_graph: {root} is not a package (no __init__.py)")
+    files: dict[str, Path] = {}
+    for p in sorted(root.rglob("*.py")):
+        parts = (package,) + p.relative_to(root).with_suffix("").parts
+        files[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = p
+
+    def type_checking_only(node: ast.AST) -> bool:
+        t = node.test if isinstance(node, ast.If) else None
+        return (isinstance(t, ast.Name) and t.id == "TYPE_CHECKING") or (
+            isinstance(t, ast.Attribute) and t.attr == "TYPE_CHECKING")
+
+    def imports(tree: ast.AST):
+        # ast.walk, minus the bodies of ``if TYPE_CHECKING:`` (their ``else`` still runs)
+        todo = [tree]
+        while todo:
+            node = todo.pop()
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                yield node
+            if type_checking_only(node):
+                todo.extend(node.orelse)
+            else:
+                todo.extend(ast.iter_child_nodes(node))
+
+    graph: dict[str, set[str]] = {}
+    for name, path in files.items():
+        is_pkg = path.name == "__init__.py"
+        here = name.split(".") if is_pkg else name.split(".")[:-1]  # the package ``from . import`` means
+        own = {".".join(name.split(".")[:i]) for i in range(1, len(name.split(".")))}  # packages holding ``name``
+        targets: set[str] = set()
+        for node in imports(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+            if isinstance(node, ast.Import):
+                targets |= {a.name for a in node.names}
+                continue
+            if node.level:
+                if node.level > len(here):
+                    raise ValueError(f"{path}:{node.lineno}: relative import climbs above the package {package!r}")
+                base = ".".join(here[: len(here) - node.level + 1] + ([node.module] if node.module else []))
+            else:
+                base = node.module or ""
+            for a in node.names:
+                sub = f"{base}.{a.name}"
+                targets.add(sub if sub in files else base)
+        deps: set[str] = set()
+        for t in targets:
+            while t and t not in files:  # ``import yue.codec.xcodec.thing``-like names: the longest module prefix
+                t = t.rpartition(".")[0]
+            if not t:
+                continue  # not a module of ``package``
+            deps.add(t)
+            parts = t.split(".")
+            deps |= {p for p in (".".join(parts[:i]) for i in range(1, len(parts))) if p not in own}
+        graph[name] = {d for d in deps if d in files and d != name}
+    return graph
+
+
+def graph_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Every group of modules that import each other, directly or through others: the strongly connected components
+    of more than one node (Tarjan), each sorted, the list sorted. ``graph``: ``{node: {nodes it imports}}``."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    out: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:  # v is the root of a component: pop it
+            comp = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return sorted(out)
+
+
+def import_cycles(src_dir, package: str) -> list[list[str]]:
+    """The import cycles of ``package`` under ``src_dir``: ``graph_cycles(import_graph(src_dir, package))`` (see
+    ``import_graph`` for what counts as an import). Each project's ``tests/test_imports.py`` asserts it is empty."""
+    return graph_cycles(import_graph(src_dir, package))
+
+
 # ------------------------------------------------------------------------------------------------ packed attention
-def packing_leak(model, input_ids, position_ids) -> dict:
+def packing_leak(model, input_ids, position_ids, varlen: bool = False) -> dict:
     """Does anything flow between the samples of a packed row? (GPU smoke tests of the LM trainers.)
 
     ``input_ids``, ``position_ids``: a packed batch ``[B, T]`` whose position ids restart at 0 where a sample starts;
@@ -224,6 +351,11 @@ def packing_leak(model, input_ids, position_ids) -> dict:
     every other layer works row by row, so a correct varlen or per-sample attention leaves them unchanged, bf16
     included), on the replaced tokens they must. The control runs the same rows as one causal sequence (continuous
     positions): what a leak looks like.
+
+    ``varlen``: call the model as the LM trainers' collators do, with the sample boundaries of the position ids as
+    keyword arguments (:func:`musiccore.attention.varlen_kwargs`: ``cu_seq_lens_q/k``, ``max_length_q/k``; the control
+    gets its one-sample-per-row boundaries). transformers' ``flash_attention_2`` needs them to keep the samples of a
+    batch of more than one row apart; ``packed_sdpa``, ``sdpa`` and ``eager`` ignore them.
 
     Returns the largest absolute logit change ``{"later": .., "first": .., "leak_control": ..}``.
     """
@@ -240,12 +372,18 @@ def packing_leak(model, input_ids, position_ids) -> dict:
     vocab = model.get_input_embeddings().num_embeddings
     changed = torch.where(first, (ids + 1 + torch.randint_like(ids, vocab - 1)) % vocab, ids)  # every token differs
     one_seq = col.expand_as(ids)
+    if varlen:
+        from musiccore.attention import varlen_kwargs
+
+        kw, kw_one = varlen_kwargs(pos), varlen_kwargs(one_seq)
+    else:
+        kw = kw_one = {}
     was_training = model.training
     model.eval()  # no dropout (LoRA's included)
     try:
         with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
-            a, b = (model(input_ids=x, position_ids=pos).logits.float() for x in (ids, changed))
-            c, d = (model(input_ids=x, position_ids=one_seq).logits.float() for x in (ids, changed))
+            a, b = (model(input_ids=x, position_ids=pos, **kw).logits.float() for x in (ids, changed))
+            c, d = (model(input_ids=x, position_ids=one_seq, **kw_one).logits.float() for x in (ids, changed))
     finally:
         model.train(was_training)
     return {"later": float((a - b).abs()[later].max()), "first": float((a - b).abs()[first].max()),
