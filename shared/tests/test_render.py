@@ -173,3 +173,69 @@ def test_run_tool_timeout_message(tmp_path):
     require_tool("sleep")
     with pytest.raises(render.RenderError, match=r"tune X:1: sleep timed out after 0.05 s"):
         render.run_tool(["sleep", "5"], what="tune X:1", timeout=0.05)
+
+
+# -------------------------------------------------------------------------------- truncated and silent renders
+
+
+def _scale_midi(tmp_path, n=8, bpm=60):
+    """``n`` quarter notes C4, D4, ... at ``bpm``: a MIDI whose notes and timing are known without reading it."""
+    s = music21.stream.Stream([music21.note.Note(60 + i, quarterLength=1) for i in range(n)])
+    return render.score_to_midi(s, tmp_path / f"scale{n}.mid", tempo_bpm=bpm)
+
+
+def test_midi_stats_counts_notes_and_follows_the_tempo(tmp_path):
+    st = render.midi_stats(_scale_midi(tmp_path, 8, bpm=60))
+    assert st.n_notes == 8 and st.end_quarters == 8 and st.last_onset_quarters == 7
+    assert abs(st.end_seconds - 8.0) < 1e-6  # 60 bpm: one quarter note a second
+    assert abs(render.midi_stats(_scale_midi(tmp_path, 6, bpm=120)).end_seconds - 3.0) < 1e-6
+    (tmp_path / "junk.mid").write_bytes(b"MThd\x00\x00\x00\x06garbage")
+    with pytest.raises(render.RenderError, match=r"junk.mid: cannot read the MIDI file"):
+        render.midi_stats(tmp_path / "junk.mid")
+
+
+def test_check_midi_complete_names_what_is_missing(tmp_path):
+    mid = _scale_midi(tmp_path, 4)
+    assert render.check_midi_complete(mid, min_notes=4, min_onset_quarters=3, what="tune X:1").n_notes == 4
+    with pytest.raises(render.RenderError, match=r"^tune X:1: abc2midi wrote a truncated MIDI: 4 notes where the "
+                                                 r"source strikes at least 8; its last note starts at quarter note 3 "
+                                                 r"where the source's starts at 7$"):
+        render.check_midi_complete(mid, min_notes=8, min_onset_quarters=7, what="tune X:1", tool="abc2midi")
+    with pytest.raises(render.RenderError, match=r"starts at quarter note 3 where the source's starts at 3.5"):
+        render.check_midi_complete(mid, min_notes=0, min_onset_quarters=3.5, what="t")
+
+
+def test_midi_to_wav_refuses_silence_and_an_empty_midi(tmp_path):
+    require_tool("fluidsynth")
+    mid = _scale_midi(tmp_path, 4)
+    with pytest.raises(render.RenderError, match=r"scale4.mid: fluidsynth rendered silence \(peak \S+ < 0.001\) "
+                                                 r"from 4 notes"):
+        render.midi_to_wav(mid, tmp_path / "silent.wav", gain=0.0)  # gain 0: fluidsynth writes (near) zeros
+    assert render.midi_to_wav(mid, tmp_path / "quiet.wav", gain=0.0, min_peak=None).exists()  # asked for: kept
+    empty = music21.stream.Stream([music21.note.Note(60, quarterLength=1)])
+    empty.notes[0].volume.velocity = 0  # a note-on with velocity 0 is a note-off: no note sounds
+    render.score_to_midi(empty, tmp_path / "empty.mid")
+    with pytest.raises(render.RenderError, match=r"empty.mid: the MIDI file has no notes"):
+        render.midi_to_wav(tmp_path / "empty.mid", tmp_path / "empty.wav")
+    assert sorted(os.listdir(tmp_path)) == ["empty.mid", "quiet.wav", "scale4.mid"]
+
+
+def test_midi_to_wav_refuses_a_render_that_stops_early(tmp_path, monkeypatch):
+    """A synthesizer that exits 0 after writing only the first second of a 10 s MIDI (a crash, a full disk)."""
+    require_tool("fluidsynth")
+    mid = _scale_midi(tmp_path, 10, bpm=60)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "fluidsynth"
+    fake.write_text("#!/bin/sh\n# writes 1 s of a 440 Hz tone to the -F file and exits 0\n"
+                    'while [ "$1" != "-F" ]; do shift; done\n'
+                    "exec python3 -c \"import math, struct, sys, wave\n"
+                    "w = wave.open(sys.argv[1], 'wb'); w.setnchannels(2); w.setsampwidth(2); w.setframerate(22050)\n"
+                    "w.writeframes(b''.join(struct.pack('<hh', v, v) for v in (int(8000 * math.sin(i / 8)) "
+                    "for i in range(22050))))\" \"$2\"\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    with pytest.raises(render.RenderError, match=r"scale10.mid: fluidsynth stopped early: 1.00 s of audio for 10.00 s "
+                                                 r"of notes"):
+        render.midi_to_wav(mid, tmp_path / "cut.wav")
+    assert not (tmp_path / "cut.wav").exists()

@@ -4,11 +4,17 @@ Tools come from Debian packages (``apt-get install fluidsynth timgm6mb-soundfont
 tool raises :class:`ToolNotFoundError` (a ``RuntimeError``) naming the tool and the package to install.
 Every output file is written atomically (:func:`musiccore.runs.atomic_path`), and every subprocess runs
 with a timeout.
+
+A renderer's output is checked before it is returned: a MIDI without notes, a WAV shorter than its MIDI
+or silent (peak below :data:`SILENCE_PEAK`), and (through :func:`check_midi_complete`) a MIDI with fewer
+notes than its source or whose last note starts earlier raise :class:`RenderError` naming the file and the
+reason; external tools often exit 0 in those cases.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import os
 import shutil
@@ -23,6 +29,8 @@ log = logging.getLogger(__name__)
 __all__ = [
     "ToolNotFoundError",
     "RenderError",
+    "MidiStats",
+    "SILENCE_PEAK",
     "SOUNDFONT_CANDIDATES",
     "find_soundfont",
     "tool_available",
@@ -30,6 +38,8 @@ __all__ = [
     "run_tool",
     "score_to_midi",
     "midi_to_wav",
+    "midi_stats",
+    "check_midi_complete",
     "abc_to_svg",
 ]
 
@@ -56,7 +66,88 @@ class ToolNotFoundError(RuntimeError):
 
 
 class RenderError(RuntimeError):
-    """An external renderer ran but failed (non-zero exit, no output, timeout); names the file."""
+    """An external renderer ran but failed (non-zero exit, no output, timeout) or its output is cut short or
+    silent; names the file (or tune) and the reason."""
+
+
+SILENCE_PEAK = 1e-3
+"""A rendered WAV whose peak stays below this (-60 dBFS, full scale 1.0) is silent: :func:`midi_to_wav` fails it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class MidiStats:
+    """What a MIDI file plays (:func:`midi_stats`)."""
+
+    n_notes: int  # note-ons with a velocity above 0, all tracks and channels
+    end_quarters: float  # when the last note ends, in quarter notes
+    last_onset_quarters: float  # when the latest note starts, in quarter notes
+    end_seconds: float  # the same in seconds, through the file's tempo changes (120 bpm before the first)
+
+
+def midi_stats(path: str | Path) -> MidiStats:
+    """Count the notes of a MIDI file and find when the last one starts and ends (music21's MIDI reader).
+
+    Raises :class:`RenderError` naming the file when it cannot be read as MIDI.
+    """
+    from music21 import midi
+
+    path = Path(path)
+    mf = midi.MidiFile()
+    try:
+        mf.open(str(path))
+        try:
+            mf.read()
+        finally:
+            mf.close()
+    except Exception as e:  # noqa: BLE001 - music21 raises many types for a damaged file
+        raise RenderError(f"{path}: cannot read the MIDI file ({type(e).__name__}: {str(e)[:200]})") from e
+    tpq = mf.ticksPerQuarterNote or 480
+    n_notes, end_tick, onset_tick = 0, 0, 0
+    tempos: list[tuple[int, int]] = []  # (tick, microseconds per quarter note)
+    for track in mf.tracks:
+        tick = 0
+        for ev in track.events:
+            if isinstance(ev, midi.DeltaTime):
+                tick += ev.time
+                continue
+            if ev.type == midi.ChannelVoiceMessages.NOTE_ON and ev.velocity:
+                n_notes += 1
+                end_tick, onset_tick = max(end_tick, tick), max(onset_tick, tick)
+            elif ev.type in (midi.ChannelVoiceMessages.NOTE_OFF, midi.ChannelVoiceMessages.NOTE_ON):
+                end_tick = max(end_tick, tick)  # a note-on with velocity 0 ends a note too
+            elif ev.type == midi.MetaEvents.SET_TEMPO and isinstance(ev.data, bytes) and len(ev.data) == 3:
+                tempos.append((tick, int.from_bytes(ev.data, "big")))
+    seconds, last_tick, us_per_q = 0.0, 0, 500_000
+    for tick, us in sorted(tempos):  # integrate the tempo map up to the last note's end
+        if tick >= end_tick:
+            break
+        seconds += (tick - last_tick) / tpq * us_per_q / 1e6
+        last_tick, us_per_q = tick, us
+    seconds += (end_tick - last_tick) / tpq * us_per_q / 1e6
+    return MidiStats(n_notes=n_notes, end_quarters=end_tick / tpq, last_onset_quarters=onset_tick / tpq,
+                     end_seconds=seconds)
+
+
+def check_midi_complete(midi: str | Path, *, min_notes: int, min_onset_quarters: float, what: str,
+                        tool: str = "the renderer", slack_quarters: float = 0.05) -> MidiStats:
+    """Raise :class:`RenderError` when a MIDI file plays fewer notes than ``min_notes`` or its latest note
+    starts more than ``slack_quarters`` before ``min_onset_quarters``: ``tool`` cut it short. Returns its stats.
+
+    Onsets rather than note ends are compared because players shorten notes (staccato, articulation) but do
+    not move them. ``min_notes``/``min_onset_quarters`` are lower bounds from the source (e.g.
+    :func:`musiccore.abc.tune_extent`); ``what`` names the source in the message (``X:3 "Tune": abc2midi wrote a
+    truncated MIDI: ...``). The slack absorbs MIDI tick rounding (a 7-tuplet at 480 ticks a quarter is not exact).
+    """
+    st = midi_stats(midi)
+    short = []
+    if st.n_notes < min_notes:
+        short.append(f"{st.n_notes} notes where the source strikes at least {min_notes}")
+    if st.last_onset_quarters < min_onset_quarters - slack_quarters:
+        short.append(f"its last note starts at quarter note {st.last_onset_quarters:g} where the source's "
+                     f"starts at {min_onset_quarters:g}")
+    if short:
+        raise RenderError(f"{what}: {tool} wrote a truncated MIDI: " + "; ".join(short))
+    return st
 
 
 def tool_available(name: str) -> bool:
@@ -189,7 +280,8 @@ def _set_track_channels(path: Path, channels: list[int]) -> None:
 
 
 def midi_to_wav(midi: str | Path, wav: str | Path, sample_rate: int = 22050, gain: float = 0.6,
-                soundfont: str | Path | None = None, timeout: float = 120, trim_tail: bool = True) -> Path:
+                soundfont: str | Path | None = None, timeout: float = 120, trim_tail: bool = True,
+                min_peak: float | None = SILENCE_PEAK) -> Path:
     """Render a MIDI file to a 16-bit stereo WAV with fluidsynth; returns the WAV path.
 
     Runs ``fluidsynth -ni -q -F <tmp.wav> -T wav -r <sample_rate> -g <gain> <soundfont> <midi>`` with a
@@ -197,7 +289,9 @@ def midi_to_wav(midi: str | Path, wav: str | Path, sample_rate: int = 22050, gai
     after the last note; ``trim_tail`` cuts the file 0.25 s after the last sample above -60 dBFS, so the
     WAV lasts as long as the music (plus the notes' release). The WAV appears only when rendering
     succeeded (atomic write). Raises ``FileNotFoundError`` for a missing MIDI, :class:`RenderError` when
-    the file is not MIDI or fluidsynth fails, :class:`ToolNotFoundError` when fluidsynth is missing.
+    the file is not MIDI, has no notes, or fluidsynth fails, stops before the MIDI's last note ends or
+    renders silence (peak below ``min_peak``, default :data:`SILENCE_PEAK`; ``None`` accepts silence), and
+    :class:`ToolNotFoundError` when fluidsynth is missing.
     """
     midi, wav = Path(midi), Path(wav)
     if not midi.is_file():
@@ -220,17 +314,46 @@ def midi_to_wav(midi: str | Path, wav: str | Path, sample_rate: int = 22050, gai
         if proc.returncode != 0 or errors or not tmp.exists() or _wav_frames(tmp) == 0:
             why = (errors[0] if errors else (proc.stderr or proc.stdout).strip()[:300]) or "no audio written"
             raise RenderError(f"{midi}: fluidsynth failed (exit {proc.returncode}): {why}")
-        if trim_tail:
-            _trim_tail(tmp, threshold=1e-3, keep_s=0.25)
+        try:
+            stats = midi_stats(midi)
+        except RenderError as e:  # fluidsynth read what music21 cannot: check the audio only
+            log.debug("%s", e)
+            stats = None
+        if stats is not None and stats.n_notes == 0:
+            raise RenderError(f"{midi}: the MIDI file has no notes (fluidsynth rendered only silence)")
+        _check_and_trim(tmp, midi, stats, min_peak=min_peak, trim_tail=trim_tail)
     return wav
 
 
-def _trim_tail(path: Path, threshold: float, keep_s: float) -> None:
-    """Cut trailing near-silence of a WAV in place (keeps ``keep_s`` after the last loud sample)."""
+def _check_and_trim(path: Path, midi: Path, stats: MidiStats | None, *, min_peak: float | None,
+                    trim_tail: bool) -> None:
+    """Fail a rendered WAV that stops before the MIDI's last note or is silent; then trim its silent tail."""
     import numpy as np
     import soundfile as sf
 
     data, sr = sf.read(str(path), dtype="int16", always_2d=True)
+    seconds = len(data) / sr
+    # fluidsynth renders every event and then ~3 s of tail, so anything shorter than the notes was cut off
+    if stats is not None and seconds < 0.98 * stats.end_seconds - 0.05:
+        raise RenderError(f"{midi}: fluidsynth stopped early: {seconds:.2f} s of audio for "
+                          f"{stats.end_seconds:.2f} s of notes")
+    peak = float(np.abs(data.astype(np.int32)).max()) / 32768 if len(data) else 0.0
+    if min_peak is not None and peak < min_peak:
+        notes = f" from {stats.n_notes} notes" if stats is not None else ""
+        raise RenderError(f"{midi}: fluidsynth rendered silence (peak {peak:.1e} < {min_peak:g}){notes}")
+    if trim_tail:
+        _trim_tail(path, threshold=1e-3, keep_s=0.25, data=data, sr=sr)
+
+
+def _trim_tail(path: Path, threshold: float, keep_s: float, data=None, sr: int | None = None) -> None:
+    """Cut trailing near-silence of a WAV in place (keeps ``keep_s`` after the last loud sample).
+
+    ``data`` ([N, C] int16) and ``sr`` may be passed when the file was already read."""
+    import numpy as np
+    import soundfile as sf
+
+    if data is None:
+        data, sr = sf.read(str(path), dtype="int16", always_2d=True)
     loud = np.flatnonzero(np.abs(data).max(axis=1) > threshold * 32767)
     end = len(data) if loud.size == 0 else min(len(data), int(loud[-1]) + 1 + int(keep_s * sr))
     if end < len(data):
