@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from musiccore.testing import sibling_imports
+from musiccore.testing import import_cycles, import_graph, sibling_imports
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -18,3 +18,13 @@ def test_package_and_cli_import():
 
     assert chatmusician.__version__
     assert build_parser().prog == "chatmusician"
+
+
+def test_no_two_modules_import_each_other():
+    """Issue 12: no import cycle among chatmusician's modules (``musiccore.testing.import_graph``: function-local
+    and relative imports count; its own tests plant cycles)."""
+    graph = import_graph(SRC, "chatmusician")
+    assert {"chatmusician.cli", "chatmusician.config", "chatmusician.data", "chatmusician.train"} <= set(graph)
+    assert "chatmusician.config" in graph["chatmusician.train"]
+    cycles = import_cycles(SRC, "chatmusician")
+    assert not cycles, f"modules that import each other (directly or through others): {cycles}"

@@ -258,3 +258,78 @@ def test_lyrics_path_that_is_missing_or_a_folder(tmp_path):
     with pytest.raises(GenerateInputError, match="got int"):
         read_lyrics(5)
     assert read_lyrics("[verse]\nla la") == ("[verse]\nla la", "lyrics")  # text is still text
+
+
+# ---- rows of the README's bad-input table that no other test backed (helper K, issue 12) ----------------------
+def test_prepare_skips_silent_and_unknown_label_songs_and_builds_the_rest(tmp_path, tiny_codec, tiny_tokenizer):
+    from dataclasses import replace
+
+    from yue.prepare import prepare_songs
+    from yue.songs import synth_song
+
+    good = synth_song(seed=0, seconds=3.0)
+    silent = replace(synth_song(seed=1, seconds=3.0), id="silent-stem")
+    silent.vocal = np.zeros_like(silent.vocal)
+    unknown = replace(synth_song(seed=2, seconds=3.0), id="unknown-label")
+    unknown.sections = [dict(unknown.sections[0], label="spoken")] + unknown.sections[1:]
+    rep = prepare_songs([silent, good, unknown], tiny_codec, tiny_tokenizer, tmp_path / "out")
+    reasons = {f["id"]: f["reason"] for f in rep["failures"]}
+    assert set(reasons) == {"silent-stem", "unknown-label"} and rep["prepared"] == [good.id]
+    assert "silent-stem/vocal" in reasons["silent-stem"] and "silent" in reasons["silent-stem"]
+    assert "unknown section label 'spoken'" in reasons["unknown-label"]
+    assert not (tmp_path / "out" / "codes" / "silent-stem.npz").exists()
+
+
+def test_codec_encode_allow_silence_flag(tmp_path, tiny_codec_dir, caplog):
+    (tmp_path / "in").mkdir()
+    sf.write(tmp_path / "in" / "silent.wav", np.zeros(8000), 16000)
+    argv = ["codec", "encode", str(tmp_path / "in"), "--codec", str(tiny_codec_dir), "-o"]
+    assert main(argv + [str(tmp_path / "a")]) == 1 and "silent" in caplog.text  # skipped, named, exit 1
+    assert not (tmp_path / "a" / "silent.npy").exists()
+    assert main(argv + [str(tmp_path / "b"), "--allow-silence"]) == 0
+    assert np.load(tmp_path / "b" / "silent.npy").shape == (12, 25)  # 0.5 s at 50 frames/s
+
+
+def test_codec_convert_refuses_a_legacy_pickle_unless_allowed(tmp_path, caplog):
+    from fake_release import write_fake_release
+
+    from yue.codec import tiny_config
+
+    rel = write_fake_release(tmp_path / "rel", tiny_config(), legacy_pickle=True)
+    assert main(["codec", "convert", str(rel), "-o", str(tmp_path / "out")]) == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "--allow-pickle" in errors[0] and "ckpt_00360000.pth" in errors[0]
+    assert not (tmp_path / "out" / "model.safetensors").exists()
+    assert main(["codec", "convert", str(rel), "-o", str(tmp_path / "out"), "--allow-pickle"]) == 0
+    assert XCodec.from_pretrained(tmp_path / "out").n_q == 12
+
+
+def test_cli_eval_skips_a_broken_song_folder_and_exits_1(tmp_path, capsys):
+    from test_eval import write_song
+
+    one = (("verse", "la la", 1.0),)  # one short section: the check stays fast
+    write_song(tmp_path / "gen" / "good", sections=one)
+    write_song(tmp_path / "gen" / "bad", sections=one).joinpath("song.json").write_text("{not json")
+    assert main(["eval", str(tmp_path / "gen"), "--out", str(tmp_path / "rep")]) == 1
+    rep = json.loads((tmp_path / "rep" / "eval.json").read_text())
+    assert [s["song"] for s in rep["songs"]] == ["good"]
+    assert "cannot read JSON" in rep["skipped"][0]["reason"] and "skipped" in capsys.readouterr().out
+
+
+def test_readme_bad_input_rows_name_existing_tests():
+    """Every row of the README's bad-input table names at least one test, as ``file::name``, and each exists."""
+    import re
+    from pathlib import Path
+
+    tests = Path(__file__).resolve().parent
+    text = (tests.parent / "README.md").read_text(encoding="utf-8")
+    section = text.split("\n## Bad input", 1)[1].split("\n## ", 1)[0]
+    rows = [r for r in section.splitlines() if r.startswith("| ") and not r.startswith("| bad input |")]
+    assert len(rows) >= 30, "the bad-input table is missing"
+    for row in rows:
+        cells = [c.strip() for c in re.split(r"(?<!\\)\|", row)[1:-1]]
+        assert len(cells) == 4 and cells[2] in {"0", "1", "2", "-", "0 / 2"}, row
+        named = re.findall(r"`(test_\w+\.py)::(test_\w+)`", cells[3])
+        assert named and len(named) == cells[3].count("`") // 2, f"row without a test, or a name without its file: {row}"
+        for file, name in named:
+            assert re.search(rf"^def {name}\(", (tests / file).read_text(), re.M), f"{file}::{name} does not exist"

@@ -9,7 +9,6 @@ library modules; this file parses arguments and calls them.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
@@ -114,9 +113,9 @@ def _load_codec(path: str | None, preset: str, random_codec: bool = False, comma
 
 
 def _codec_info(args, codec) -> dict:
-    return {"path": str(Path(args.codec).resolve()) if args.codec else None,
-            "random": not args.codec, "preset": None if args.codec else args.preset, "n_q": codec.n_q,
-            "sample_rate": codec.sample_rate, "frame_rate": codec.cfg.frame_rate}  # fmt: skip
+    from yue.prepare import describe_codec
+
+    return describe_codec(codec, args.codec, args.preset)
 
 
 # ---- codec ------------------------------------------------------------------------------------------------------
@@ -205,58 +204,13 @@ def cmd_codec_convert(args) -> int:
 
 
 # ---- prepare ----------------------------------------------------------------------------------------------------
-def _tokenizer(path: str | None, songs=None, workdir: Path | None = None):
-    """``(tokenizer, info)``: ``tiny`` trains one on the songs' lyrics and tags into ``workdir`` (or reuses the one
-    already there, so a resumed ``yue prepare`` keeps its ids); else the given or released ``tokenizer.model``."""
-    from yue.tokenizer import YuETokenizer, find_released_tokenizer, train_tiny_tokenizer
-
-    if path == "tiny":
-        model = Path(workdir) / "tokenizer.model"
-        if not (model.is_file() and model.with_name("layout.json").is_file()):
-            texts = [s.lyrics for s in songs or []] + [s.tags for s in songs or []]
-            model = train_tiny_tokenizer(workdir, texts)
-        tok = YuETokenizer(model)
-        return tok, {"kind": "tiny", "path": str(model.resolve()), "vocab_size": tok.vocab_size}
-    p = path or find_released_tokenizer()
-    if p is None:
-        raise SystemExit("no tokenizer: pass --tokenizer PATH (or 'tiny'), or set $YUE_TOKENIZER")
-    tok = YuETokenizer(p)
-    return tok, {"kind": "file" if path else "released", "path": str(Path(p).resolve()), "vocab_size": tok.vocab_size}
-
-
 def cmd_prepare(args) -> int:
-    from musiccore.runs import data_dir
-    from yue.prepare import prepare_songs
-    from yue.songs import SongLoadError, song_refs, synth_song
+    from yue.prepare import prepare_folder
 
-    root = Path(args.root) if args.root else data_dir()
     codec = _load_codec(args.codec, args.preset, args.random_codec, "yue prepare")
-    try:
-        songs = song_refs(args.split, root, args.limit)  # rows only: each song's audio is read in its turn
-    except SongLoadError:
-        if not args.allow_synth:
-            raise
-        songs = []
-    if not songs:
-        if not args.allow_synth:
-            raise SongLoadError(f"no data-kit songs under {root} (split {args.split}); build them with `make data`")
-        log.warning("no data-kit songs under %s: using synthesized songs (--allow-synth)", root)
-        songs = [synth_song(seed=i) for i in range(args.limit or 3)]
     out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
-    tok, tok_info = _tokenizer(args.tokenizer, songs, out / "tokenizer")
-    codec_info = _codec_info(args, codec)
-    prev = out / "report.json"
-    if prev.is_file() and (out / "manifest.jsonl").is_file():  # resuming: never mix codecs or tokenizers
-        old = json.loads(prev.read_text())
-        for what, new in (("codec", codec_info), ("tokenizer", tok_info)):
-            if old.get(what, {}).get("path") != new["path"] or old.get(what, {}).get("random") != new.get("random"):
-                raise ValueError(f"{out}: holds songs prepared with {what} {old.get(what, {}).get('path')!r}, not "
-                                 f"{new['path']!r}; use another output folder")
-    log.info("prepare: %d songs from %s -> %s (codec %s, tokenizer %s)", len(songs), root, out,
-             args.codec or f"random {args.preset}", tok_info["path"])  # fmt: skip
-    rep = prepare_songs(songs, codec, tok, out, chunk_s=args.chunk_s, codec_info=codec_info,
-                        tokenizer_info=tok_info)  # fmt: skip
+    rep = prepare_folder(out, codec, _codec_info(args, codec), args.tokenizer, split=args.split, root=args.root,
+                         limit=args.limit, allow_synth=args.allow_synth, chunk_s=args.chunk_s)  # fmt: skip
     c = rep["counts"]
     print(f"prepared {c['prepared']}, already there {c['already_there']}, failed {c['failed']} -> {out} "
           f"(report: {out / 'report.json'})")  # fmt: skip

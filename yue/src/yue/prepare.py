@@ -44,7 +44,8 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-__all__ = ["prepare_song", "prepare_songs", "check_sections", "PrepareError"]
+__all__ = ["prepare_song", "prepare_songs", "prepare_folder", "prepare_tokenizer", "describe_codec", "check_sections",
+           "PrepareError"]
 
 STEMS = ("vocal", "accompaniment", "mix")
 
@@ -287,3 +288,78 @@ def prepare_songs(
     write_jsonl(out / "failures.jsonl", failures)
     atomic_write_json(out / "report.json", report)
     return report
+
+
+def describe_codec(codec, path: str | Path | None, preset: str | None = None) -> dict:
+    """What ``report.json`` records of the codec: its folder (``None`` for a random-weight ``preset`` codec), shape
+    and rates. A resumed prepare compares ``path`` and ``random`` so that two codecs' codes never mix."""
+    return {"path": str(Path(path).resolve()) if path else None, "random": not path,
+            "preset": None if path else preset, "n_q": codec.n_q, "sample_rate": codec.sample_rate,
+            "frame_rate": codec.cfg.frame_rate}  # fmt: skip
+
+
+def prepare_tokenizer(path: str | None, songs=None, workdir: Path | None = None):
+    """``(tokenizer, info)``: ``tiny`` trains one on the songs' lyrics and tags into ``workdir`` (or reuses the one
+    already there, so a resumed ``yue prepare`` keeps its ids); else the given or released ``tokenizer.model``."""
+    from yue.tokenizer import YuETokenizer, find_released_tokenizer, train_tiny_tokenizer
+
+    if path == "tiny":
+        model = Path(workdir) / "tokenizer.model"
+        if not (model.is_file() and model.with_name("layout.json").is_file()):
+            texts = [s.lyrics for s in songs or []] + [s.tags for s in songs or []]
+            model = train_tiny_tokenizer(workdir, texts)
+        tok = YuETokenizer(model)
+        return tok, {"kind": "tiny", "path": str(model.resolve()), "vocab_size": tok.vocab_size}
+    p = path or find_released_tokenizer()
+    if p is None:
+        raise SystemExit("no tokenizer: pass --tokenizer PATH (or 'tiny'), or set $YUE_TOKENIZER")
+    tok = YuETokenizer(p)
+    return tok, {"kind": "file" if path else "released", "path": str(Path(p).resolve()), "vocab_size": tok.vocab_size}
+
+
+def prepare_folder(
+    out_dir: str | Path, codec, codec_info: dict, tokenizer: str | None = None, *, split: str | None = None,
+    root: str | Path | None = None, limit: int | None = None, allow_synth: bool = False, chunk_s: float = 30.0,
+) -> dict:  # fmt: skip
+    """``yue prepare``: the data kit's songs (``split``, the first ``limit``) -> ``out_dir`` with
+    :func:`prepare_songs`; returns its report. Used by the CLI and by ``yue demo`` (one code path).
+
+    Args:
+        codec_info: :func:`describe_codec` of ``codec`` (recorded; a folder prepared with another codec is refused).
+        tokenizer: ``tokenizer.model`` path, ``"tiny"`` (trained into ``out_dir/tokenizer``) or None (released).
+        root: data-kit root (default ``musiccore.runs.data_dir()``).
+        allow_synth: synthesized songs (``limit`` of them, 3 by default) when the kit has no songs.
+
+    Raises:
+        SongLoadError: no kit songs (and not ``allow_synth``).
+        ValueError: ``out_dir`` holds songs prepared with another codec or tokenizer.
+    """
+    from musiccore.runs import data_dir
+
+    from yue.songs import SongLoadError, song_refs, synth_song
+
+    root = Path(root) if root else data_dir()
+    try:
+        songs = song_refs(split, root, limit)  # rows only: each song's audio is read in its turn
+    except SongLoadError:
+        if not allow_synth:
+            raise
+        songs = []
+    if not songs:
+        if not allow_synth:
+            raise SongLoadError(f"no data-kit songs under {root} (split {split}); build them with `make data`")
+        log.warning("no data-kit songs under %s: using synthesized songs (--allow-synth)", root)
+        songs = [synth_song(seed=i) for i in range(limit or 3)]
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tok, tok_info = prepare_tokenizer(tokenizer, songs, out / "tokenizer")
+    prev = out / "report.json"
+    if prev.is_file() and (out / "manifest.jsonl").is_file():  # resuming: never mix codecs or tokenizers
+        old = json.loads(prev.read_text())
+        for what, new in (("codec", codec_info), ("tokenizer", tok_info)):
+            if old.get(what, {}).get("path") != new["path"] or old.get(what, {}).get("random") != new.get("random"):
+                raise ValueError(f"{out}: holds songs prepared with {what} {old.get(what, {}).get('path')!r}, not "
+                                 f"{new['path']!r}; use another output folder")
+    log.info("prepare: %d songs from %s -> %s (codec %s, tokenizer %s)", len(songs), root, out,
+             codec_info.get("path") or f"random {codec_info.get('preset')}", tok_info["path"])  # fmt: skip
+    return prepare_songs(songs, codec, tok, out, chunk_s=chunk_s, codec_info=codec_info, tokenizer_info=tok_info)
