@@ -1,5 +1,6 @@
 """MERT data at cluster scale (issue 13): no rank of a multi-process run builds the label cache, the label store's
-per-row index is numpy next to memory-mapped label arrays, and manifests are read as a stream of lines."""
+per-row index is numpy next to memory-mapped label arrays, and manifests are read as a stream of lines and kept as
+byte ranges of the file (plus a durations column), not as a Python dict per row."""
 
 from __future__ import annotations
 
@@ -9,8 +10,12 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from conftest import tiny_overrides
-from mert.data import DataError, LabelStore, read_manifest, shard_bounds, write_label_shard
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from conftest import tiny_overrides, write_clips
+from mert.data import (DataError, LabelStore, ManifestRows, PretrainDataset, SecondsBatchSampler, check_manifest_row,
+                       filter_rows, read_manifest, shard_bounds, write_label_shard)  # fmt: skip
 
 
 def test_auto_prepare_is_refused_in_a_multi_process_run(synth_data, tmp_path, monkeypatch):
@@ -86,3 +91,96 @@ def test_manifest_is_read_as_lines_of_json(tmp_path):
     m.write_bytes(b'{"path": "/a/\xff.wav", "duration": 1, "sample_rate": 1}\n')
     with pytest.raises(DataError, match="cannot read manifest"):
         read_manifest(m)
+
+
+def test_manifest_keeps_byte_ranges_not_dicts(tmp_path):
+    """100k rows: what read_manifest keeps is the row index and the durations (24 bytes a row), not a dict per row
+    (677 B/row measured before on such a file), and it reads back the rows the file holds."""
+    n = 100_000
+    m = tmp_path / "big.jsonl"
+    with open(m, "w") as f:
+        for i in range(n):
+            f.write(json.dumps({"path": f"/data/audio/part{i // 1000:04d}/clip{i:07d}.wav",
+                                "duration": 5 + i % 997 / 1000, "sample_rate": 24000,
+                                "frames": 120000 + i % 997 * 24}) + "\n")  # fmt: skip
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        rows = read_manifest(m)
+        kept = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert isinstance(rows, ManifestRows) and len(rows) == n
+    assert kept / n < 60, f"{kept / n:.0f} bytes kept per row"
+    assert rows[-1] == {"path": f"/data/audio/part0099/clip{n - 1:07d}.wav", "duration": 5 + (n - 1) % 997 / 1000,
+                        "sample_rate": 24000, "frames": 120000 + (n - 1) % 997 * 24}  # fmt: skip
+    # what samplers need comes from the column (no row parsed): 5.0 .. 5.996 s at 24 kHz, crops of 120000 samples
+    ds = PretrainDataset(rows, 24000, 120000)
+    assert ds.rows is rows and ds.sizes().min() == 120000 and len(filter_rows(rows, 24000, 120001)) == n - 101
+
+
+_path = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00/"), min_size=1, max_size=6)
+_row = st.fixed_dictionaries({
+    "path": st.one_of(_path.map(lambda s: f"/abs/{s}.wav"), _path.map(lambda s: f"sub/{s}.wav"), st.just(""),
+                      st.just(3)),
+    "duration": st.one_of(st.floats(0, 400), st.integers(0, 10**6), st.just(-1.0), st.just("5")),
+    "sample_rate": st.one_of(st.sampled_from([16000, 24000, 44100]), st.just(0)),
+}, optional={"id": _path, "frames": st.integers(0, 10**8)})  # fmt: skip
+
+
+@settings(max_examples=40, deadline=None)
+@given(lines=st.lists(st.one_of(_row.map(lambda r: json.dumps(r, ensure_ascii=False)),
+                                st.sampled_from(["", "  ", "{bad", "[1]", "null"])), max_size=12),
+       crlf=st.booleans())  # fmt: skip
+def test_manifest_rows_are_the_dicts_the_file_holds(lines, crlf, tmp_path_factory):
+    """Any mix of good, malformed, non-object and blank lines (paths with any Unicode, U+2028 included): the rows
+    read_manifest returns are exactly the dicts a per-row parse gives (relative paths resolved), its problems
+    name the other lines, and durations, sizes and batches equal those computed from the list of dicts."""
+    folder = tmp_path_factory.mktemp("man")
+    m = folder / "m.jsonl"
+    m.write_bytes("".join(x + ("\r\n" if crlf else "\n") for x in lines).encode())
+    expect, bad_lines = [], []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = check_manifest_row(json.loads(line), "x")
+        except (ValueError, DataError):
+            bad_lines.append(n)
+            continue
+        if not row["path"].startswith("/"):
+            row["path"] = str((folder / row["path"]).resolve())
+        expect.append(row)
+    problems: list[str] = []
+    if not expect:
+        with pytest.raises(DataError, match="no usable row"):
+            read_manifest(m, problems)
+        return
+    rows = read_manifest(m, problems)
+    assert list(rows) == expect and [rows[k] for k in range(-len(rows), 0)] == expect
+    assert [int(p.split(": ")[0].rsplit(":", 1)[1]) for p in problems] == bad_lines
+    assert rows.column("duration").tolist() == [float(r["duration"]) for r in expect]
+    by_table, by_list = PretrainDataset(rows, 24000, 120000), PretrainDataset(expect, 24000, 120000)
+    assert by_table.sizes().tolist() == [by_list.size(i) for i in range(len(expect))]
+    assert filter_rows(rows, 24000, 72000) == filter_rows(expect, 24000, 72000)
+    keep = filter_rows(rows, 16000, 1)
+    if keep:
+        sizes = by_table.sizes(np.asarray(keep))
+        assert SecondsBatchSampler(sizes, 10**9, 3).batches == SecondsBatchSampler(
+            [by_list.size(i) for i in keep], 10**9, 3).batches  # fmt: skip
+
+
+def test_samples_from_a_manifest_table_equal_those_from_dicts(tmp_path):
+    """Crops (audio and position) drawn through the table equal the ones drawn from the list of dicts."""
+    clips = write_clips(tmp_path / "audio", 3, 2.0, seed=4)
+    for r in clips:
+        r["path"] = "audio/" + r["path"].rsplit("/", 1)[1]  # relative: resolved against the manifest's folder
+    m = tmp_path / "m.jsonl"
+    m.write_text("".join(json.dumps(r) + "\n" for r in clips) + "{broken\n")
+    rows = read_manifest(m)
+    dicts = [r | {"path": str(tmp_path / r["path"])} for r in clips]
+    assert list(rows) == dicts
+    a, b = PretrainDataset(rows, 24000, 24000), PretrainDataset(dicts, 24000, 24000)
+    for key in ((0, 1), (1, 7), (2, 7), (2, 123)):
+        x, y = a[key], b[key]
+        assert np.array_equal(x["wav"], y["wav"]) and x["row"] == y["row"] and len(x["wav"]) == 24000

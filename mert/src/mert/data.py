@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from musiccore.data.rowtable import RowTable
 from musiccore.runs import atomic_path, atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -57,51 +58,76 @@ def check_manifest_row(row: object, where: str) -> dict:
     p, dur, sr = row["path"], row["duration"], row["sample_rate"]
     if not isinstance(p, str) or not p.strip() or "\x00" in p:
         raise DataError(f"{where}: field 'path' must be a non-empty string without NUL, got {type(p).__name__} {p!r:.60}")
-    if isinstance(dur, bool) or not isinstance(dur, (int, float)) or not math.isfinite(dur) or dur < 0:
+    try:
+        finite = isinstance(dur, (int, float)) and not isinstance(dur, bool) and math.isfinite(dur)
+    except OverflowError:  # an integer too large for a float
+        finite = False
+    if not finite or dur < 0:
         raise DataError(f"{where}: field 'duration' must be a finite number >= 0, got {dur!r:.40}")
     if isinstance(sr, bool) or not isinstance(sr, int) or sr <= 0:
         raise DataError(f"{where}: field 'sample_rate' must be a positive integer, got {sr!r:.40}")
     return row
 
 
-def read_manifest(path: str | Path, problems: list[str] | None = None) -> list[dict]:
-    """Rows of a jsonl manifest; relative ``path`` fields are resolved against the manifest's folder.
+class ManifestRows(RowTable):
+    """The usable rows of a manifest file (:func:`read_manifest`): a read-only ``Sequence`` of row dicts kept as byte
+    ranges of the file (:class:`musiccore.data.rowtable.RowTable`), re-read and checked when indexed.
 
-    A malformed row (invalid JSON, not an object, a missing or mistyped field) is skipped with a warning that names
-    ``<file>:<line>`` and the field, and appended to ``problems`` when given; a manifest with no usable row at all
-    is a :class:`DataError` that lists the first problems.
+    Memory: 24 bytes a row (offset, length, line and the ``duration`` column, float64 ``[N]``: the value
+    ``float(row["duration"])`` gives, so crops and batches are the ones a list of dicts gave) instead of ~700 for a
+    dict. Slices and index arrays give tables too; ``rows[i]["path"]`` is absolute (a relative one is resolved
+    against the manifest's folder).
+    """
+
+    error = DataError
+
+    def parse(self, obj, where: str) -> dict:
+        row = check_manifest_row(obj, where)
+        p = Path(row["path"])
+        row["path"] = str(p if p.is_absolute() else (self.path.parent / p).resolve())
+        return row
+
+
+def _manifest_columns(row: object, where: str) -> dict:
+    return {"duration": check_manifest_row(row, where)["duration"]}
+
+
+def read_manifest(path: str | Path, problems: list[str] | None = None) -> ManifestRows:
+    """Rows of a jsonl manifest (:class:`ManifestRows`, list-like); relative ``path`` fields are resolved against the
+    manifest's folder.
+
+    The file is read once as a stream of ``\n``-terminated lines; what is kept is where each usable row is and its
+    duration (24 bytes a row), and a row is parsed again when it is used. A malformed row (invalid JSON, not an
+    object, a missing or mistyped field) is skipped with a warning that names ``<file>:<line>`` and the field, and
+    appended to ``problems`` when given; a manifest with no usable row at all, or with bytes that are not UTF-8, is a
+    :class:`DataError` that names the file (and the first problems).
     """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: manifest not found (write one with `mert prepare manifest`)")
-    rows, bad = [], []
     try:
-        with open(path, encoding="utf-8") as fh:
-            for i, line in enumerate(fh):  # streamed: the file's text is never held whole, only the rows
-                if not line.strip():
-                    continue
-                where = f"{path}:{i + 1}"
-                try:
-                    try:
-                        row = json.loads(line)
-                    except json.JSONDecodeError as e:
-                        raise DataError(f"{where}: not valid JSON ({e})") from e
-                    row = check_manifest_row(row, where)
-                except DataError as e:
-                    bad.append(str(e))
-                    continue
-                p = Path(row["path"])
-                row["path"] = str(p if p.is_absolute() else (path.parent / p).resolve())
-                rows.append(row)
-    except (OSError, UnicodeDecodeError) as e:
+        scan = ManifestRows.scan(path, _manifest_columns, {"duration": np.float64}, errors=(DataError,))
+    except OSError as e:
         raise DataError(f"{path}: cannot read manifest ({e})") from e
+    rows = scan.table
+    for b in scan.bad:
+        if isinstance(b.error, UnicodeDecodeError):  # not a text manifest at all (or a corrupt one): refused whole
+            raise DataError(f"{path}: cannot read manifest ({b.where}: {b.error})")
+    bad = [f"{b.where}: not valid JSON ({b.error})" if b.not_json else str(b.error) for b in scan.bad]
     if bad:
         log.warning("%s: %d malformed row(s) skipped, e.g. %s", path, len(bad), "; ".join(bad[:3]))
         if problems is not None:
             problems.extend(bad)
-    if not rows:
+    if not len(rows):
         raise DataError(f"{path}: manifest has no usable row" + (f" ({'; '.join(bad[:3])})" if bad else " (empty)"))
     return rows
+
+
+def manifest_durations(rows: Sequence[dict]) -> np.ndarray:
+    """float64 ``[N]``: ``float(row["duration"])`` of every row (a :class:`ManifestRows` gives its column, unread)."""
+    if isinstance(rows, RowTable) and "duration" in rows.columns:
+        return rows.column("duration")
+    return np.fromiter((float(r["duration"]) for r in rows), dtype=np.float64, count=len(rows))
 
 
 def write_manifest(rows: Sequence[dict], path: str | Path) -> Path:
@@ -202,9 +228,10 @@ class LabelStore:
             start, end = shard_bounds(len(rows), s, n_shards)
             if len(idx["rows"]) != end - start:
                 raise DataError(f"{self.dir}/{name}: {len(idx['rows'])} rows, expected {end - start} (another manifest?)")
-            for j, entry in enumerate(idx["rows"]):
-                if entry["path"] != rows[start + j]["path"]:
-                    raise DataError(f"{self.dir}/{name}: row {start + j} is {entry['path']}, manifest has {rows[start + j]['path']}")
+            # the shard's rows, read in order (a manifest table reads them in large chunks, not one by one)
+            for j, (entry, row) in enumerate(zip(idx["rows"], rows[start:end])):
+                if entry["path"] != row["path"]:
+                    raise DataError(f"{self.dir}/{name}: row {start + j} is {entry['path']}, manifest has {row['path']}")
                 if entry["length"] > 0:
                     k = start + j
                     try:
@@ -256,6 +283,15 @@ class LabelStore:
     def length(self, i: int) -> int:
         return int(self._len[i]) if self._arr_id[i] >= 0 else 0
 
+    def labelled(self) -> np.ndarray:
+        """bool ``[N]``: which manifest rows have labels (:meth:`has` of every row)."""
+        return self._arr_id >= 0
+
+    def lengths(self, indices: np.ndarray | None = None) -> np.ndarray:
+        """int64 ``[N]`` (or ``[len(indices)]``): label frames of rows ``indices`` (0 without labels)."""
+        idx = slice(None) if indices is None else indices
+        return np.where(self._arr_id[idx] >= 0, self._len[idx], 0)
+
     def class_counts(self, indices: Sequence[int] | None = None) -> list[np.ndarray]:
         """Label frequencies of rows ``indices`` (default: every labelled row): K arrays [C_k] of frame counts."""
         rows = range(self._arr_id.size) if indices is None else indices
@@ -285,7 +321,8 @@ class PretrainDataset(Dataset):
     """Random frame-aligned windows of the manifest's audio with their teacher labels.
 
     Args:
-        rows: manifest rows (already filtered to files of at least ``min_sample_size`` samples).
+        rows: manifest rows (a :class:`ManifestRows` stays a table: its durations are a column, a row is read when
+            its audio is).
         sample_rate: model rate (files are resampled to it).
         max_sample_size: window length (120000 = 5 s for 95M, 122880 = 5.12 s for 330M).
         labels: label cache (None: audio only, e.g. for benchmarks).
@@ -294,7 +331,8 @@ class PretrainDataset(Dataset):
     """
 
     def __init__(self, rows: Sequence[dict], sample_rate: int, max_sample_size: int, labels: LabelStore | None = None):
-        self.rows = list(rows)
+        self.rows = rows if isinstance(rows, RowTable) else list(rows)
+        self.durations = manifest_durations(self.rows)  # float64 [N]: sizes without reading a row
         self.sample_rate = sample_rate
         self.max_sample_size = max_sample_size // HOP * HOP
         self.labels = labels
@@ -304,8 +342,7 @@ class PretrainDataset(Dataset):
 
     def num_samples(self, i: int) -> int:
         """Samples of row i at the model rate, floored to whole label frames."""
-        r = self.rows[i]
-        n = int(round(float(r["duration"]) * self.sample_rate))
+        n = int(round(float(self.durations[i]) * self.sample_rate))
         if self.labels is not None:
             # Never read past the labels (a codec may emit one frame less than N / 320 at the end).
             n = min(n, self.labels.length(i) * HOP)
@@ -313,6 +350,14 @@ class PretrainDataset(Dataset):
 
     def size(self, i: int) -> int:
         return min(self.num_samples(i), self.max_sample_size)
+
+    def sizes(self, indices: np.ndarray | None = None) -> np.ndarray:
+        """int64 ``[N]`` (or ``[len(indices)]``): :meth:`size` of every row (of ``indices``), from the columns."""
+        d = self.durations if indices is None else self.durations[indices]
+        n = np.rint(d * self.sample_rate).astype(np.int64)  # round half to even, as round() in num_samples
+        if self.labels is not None:
+            n = np.minimum(n, self.labels.lengths(indices) * HOP)
+        return np.minimum(n // HOP * HOP, self.max_sample_size)
 
     def __getitem__(self, key) -> dict:
         i, seed = key if isinstance(key, tuple) else (key, 0)
@@ -376,46 +421,53 @@ class SecondsBatchSampler(Sampler):
         rng = np.random.default_rng([seed, 1])
         order = rng.permutation(len(self.sizes)) if shuffle else np.arange(len(self.sizes))
         order = order[np.argsort(self.sizes[order], kind="stable")]
-        self.batches: list[list[int]] = []
-        cur: list[int] = []
-        for i in order:
-            top = max([self.sizes[j] for j in cur] + [self.sizes[i]])
-            if cur and ((len(cur) + 1) * top > max_tokens or (max_batch_size and len(cur) >= max_batch_size)):
-                self.batches.append(cur)
-                cur = []
-            cur.append(int(i))
-        if cur:
-            self.batches.append(cur)
+        starts, count = [], 0
+        for k, top in enumerate(self.sizes[order].tolist()):
+            # sizes ascend, so the row being added is the largest crop of its batch
+            if count and ((count + 1) * top > max_tokens or (max_batch_size and count >= max_batch_size)):
+                starts.append(k - count)
+                count = 0
+            count += 1
+        starts.append(len(order) - count)
+        # rows of batch b: _rows[_bounds[b]:_bounds[b + 1]] (8 bytes a row, not a Python list of lists)
+        self._rows = order.astype(np.int64)
+        self._bounds = np.asarray(starts + [len(order)], dtype=np.int64)
+
+    @property
+    def batches(self) -> list[list[int]]:
+        """Row indices of each batch (built on access; iteration does not need it)."""
+        return [self._rows[a:b].tolist() for a, b in zip(self._bounds[:-1], self._bounds[1:])]
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
     def __len__(self) -> int:
-        return len(self.batches)
+        return len(self._bounds) - 1
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         rng = np.random.default_rng([self.seed, 2, self.epoch])
-        order = rng.permutation(len(self.batches)) if self.shuffle else np.arange(len(self.batches))
+        order = rng.permutation(len(self)) if self.shuffle else np.arange(len(self))
         for pos, b in enumerate(order):
             batch_seed = int(np.random.default_rng([self.seed, 3, self.epoch, pos]).integers(0, 2**31 - 1))
-            yield [(i, batch_seed) for i in self.batches[b]]
+            yield [(i, batch_seed) for i in self._rows[self._bounds[b] : self._bounds[b + 1]].tolist()]
 
     def seconds_per_epoch(self, sample_rate: int) -> float:
-        return float(sum(len(b) * min(self.sizes[j] for j in b) for b in self.batches)) / sample_rate
+        # a batch is cropped to its shortest (first: sizes ascend) item
+        first = self.sizes[self._rows[self._bounds[:-1]]]
+        return float(int((first * np.diff(self._bounds)).sum())) / sample_rate
 
 
 def filter_rows(rows: Sequence[dict], sample_rate: int, min_sample_size: int, labels: LabelStore | None = None) -> list[int]:
-    """Indices of rows long enough to train on (and with labels when a store is given); logs what is dropped."""
-    keep, short, unlabeled = [], 0, 0
-    for i, r in enumerate(rows):
-        if labels is not None and not labels.has(i):
-            unlabeled += 1
-        elif float(r["duration"]) * sample_rate < min_sample_size:
-            short += 1
-        else:
-            keep.append(i)
-    if short or unlabeled:
-        log.info("data: %d rows kept, %d shorter than %d samples, %d without labels", len(keep), short, min_sample_size, unlabeled)
+    """Indices of rows long enough to train on (and with labels when a store is given); logs what is dropped.
+
+    Reads the durations column of a :class:`ManifestRows` (no row is parsed)."""
+    dur = manifest_durations(rows)
+    labelled = labels.labelled() if labels is not None else np.ones(dur.size, dtype=bool)
+    short = labelled & (dur * sample_rate < min_sample_size)
+    keep = np.nonzero(labelled & ~short)[0].tolist()
+    n_short, unlabeled = int(short.sum()), int((~labelled).sum())
+    if n_short or unlabeled:
+        log.info("data: %d rows kept, %d shorter than %d samples, %d without labels", len(keep), n_short, min_sample_size, unlabeled)
     return keep
 
 
@@ -423,14 +475,18 @@ class Subset(Dataset):
     """Rows ``indices`` of a :class:`PretrainDataset`, keyed like it with ``(position, seed)``."""
 
     def __init__(self, base: PretrainDataset, indices: Sequence[int]):
-        self.base, self.indices = base, list(indices)
+        self.base, self.indices = base, np.asarray(indices, dtype=np.int64).reshape(-1)  # 8 bytes a row
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def size(self, j: int) -> int:
-        return self.base.size(self.indices[j])
+        return self.base.size(int(self.indices[j]))
+
+    def sizes(self) -> np.ndarray:
+        """int64 ``[len(self)]``: :meth:`size` of every position (the batch sampler's input)."""
+        return self.base.sizes(self.indices)
 
     def __getitem__(self, key) -> dict:
         j, seed = key if isinstance(key, tuple) else (key, 0)
-        return self.base[(self.indices[j], seed)]
+        return self.base[(int(self.indices[j]), seed)]

@@ -85,7 +85,7 @@ def datakit_rows(split: str, root: str | Path | None = None) -> list[dict]:
     return rows
 
 
-def load_rows(data_cfg, split: str = "train") -> list[dict]:
+def load_rows(data_cfg, split: str = "train") -> Sequence[dict]:
     """Manifest rows of a :class:`mert.config.DataConfig`: ``{split}_manifest`` if set, else the data kit's clips."""
     path = data_cfg.train_manifest if split == "train" else data_cfg.valid_manifest
     if path:
@@ -119,7 +119,8 @@ def fit_kmeans(cfg, rows: Sequence[dict] | None = None, out: str | Path | None =
     t = cfg.teacher
     if t.kind != "kmeans":
         raise TeacherError(f"teacher.kind is {t.kind!r}: only k-means teachers are fitted")
-    rows = list(rows) if rows is not None else load_rows(cfg.data, "train")
+    # a manifest table (musiccore.data.RowTable) is indexed lazily: no list of every row's dict
+    rows = rows if rows is not None else load_rows(cfg.data, "train")
     rng = np.random.default_rng(t.kmeans_seed)
     pick = rng.permutation(len(rows))[: t.kmeans_fit_files]
     teacher = build_acoustic_teacher(t)

@@ -150,7 +150,7 @@ def build_data(cfg: TrainConfig):
     full = PretrainDataset(rows, cfg.model.sample_rate, d.max_sample_size, store)
     keep = filter_rows(rows, cfg.model.sample_rate, d.min_sample_size, store)
     train = Subset(full, keep)
-    sampler = SecondsBatchSampler([train.size(j) for j in range(len(train))], d.max_tokens, d.max_batch_size or None,
+    sampler = SecondsBatchSampler(train.sizes(), d.max_tokens, d.max_batch_size or None,
                                   seed=cfg.trainer.seed)
     valid = vsampler = None
     if cfg.trainer.eval_steps > 0:
@@ -164,7 +164,7 @@ def build_data(cfg: TrainConfig):
             vkeep = filter_rows(vrows, cfg.model.sample_rate, d.min_sample_size, vstore)
             if vkeep:
                 valid = Subset(vfull, vkeep)
-                vsampler = SecondsBatchSampler([valid.size(j) for j in range(len(valid))], d.max_tokens,
+                vsampler = SecondsBatchSampler(valid.sizes(), d.max_tokens,
                                                d.max_batch_size or None, seed=12345, shuffle=False)
     # Majority label from at most 2000 evenly spaced training rows: exact on small sets, cheap on 160k-hour ones.
     sample = keep[:: max(1, math.ceil(len(keep) / 2000))]

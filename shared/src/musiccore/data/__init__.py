@@ -17,14 +17,19 @@ the tune itself share a split. Read a part with :func:`load_manifest`.
 
 from .builder import DEFAULTS, KIT_VERSION, build, info, verify
 from .manifest import KINDS, SPLITS, DataKitError, ManifestError, load_manifest, resolve, split_of
+from .rowtable import BadRow, RowTable, RowTableError, ScanResult
 
 __all__ = [
+    "BadRow",
     "DEFAULTS",
     "KINDS",
     "KIT_VERSION",
     "SPLITS",
     "DataKitError",
     "ManifestError",
+    "RowTable",
+    "RowTableError",
+    "ScanResult",
     "build",
     "info",
     "load_manifest",

@@ -39,12 +39,9 @@ corpus in RAM or as Python lists, and blocks are numpy arrays. Measured by ``ben
 
 from __future__ import annotations
 
-import array
 import hashlib
-from collections import abc
 import json
 import logging
-import os
 import struct
 import zipfile
 from dataclasses import dataclass
@@ -55,6 +52,7 @@ import numpy as np
 import torch
 
 from musiccore.attention import varlen_kwargs
+from musiccore.data.rowtable import RowTable
 from yue.lm.config import CODE_KEYS, LMTrainConfig
 from yue.tokenizer import YuETokenizer, find_released_tokenizer
 
@@ -250,58 +248,38 @@ def check_finished(folder: Path, json_rows: int) -> None:
                                   "there")  # fmt: skip
 
 
-class SongTable(abc.Sequence):
+class SongTable(RowTable):
     """The valid manifest rows of a prepared folder, kept as byte ranges of ``manifest.jsonl`` (a read-only
-    ``Sequence`` of :class:`SongRecord`).
+    ``Sequence`` of :class:`SongRecord`; the shared :class:`musiccore.data.rowtable.RowTable`).
 
-    Memory: 18 bytes per song (offset int64, length int32, line int32, split int16) instead of a Python record with
-    its sections and lyrics (~4 KB), so a rank holds 10M songs in ~180 MB; a record is re-read (``os.pread``, one
-    call) and parsed when it is indexed, i.e. when a document is built. Indexing with a slice or a boolean/integer
-    array gives another table over the same file.
+    Memory: 18 bytes per song (offset int64, length int32, line int32, split code int16) instead of a Python record
+    with its sections and lyrics (~4 KB), so a rank holds 10M songs in ~180 MB; a record is re-read (``os.pread``,
+    one call) and parsed when it is indexed, i.e. when a document is built. Indexing with a slice or a
+    boolean/integer array gives another table over the same file.
     """
 
-    def __init__(self, folder: Path, offsets: np.ndarray, lengths: np.ndarray, lines: np.ndarray,
-                 splits: np.ndarray, split_names: list[str]):  # fmt: skip
-        self.folder, self.manifest = folder, folder / "manifest.jsonl"
-        self.offsets, self.lengths, self.lines, self.splits = offsets, lengths, lines, splits
-        self.split_names = split_names
-        self._fd: int | None = None
+    error = DataError
 
-    def __len__(self) -> int:
-        return int(self.offsets.size)
+    @property
+    def manifest(self) -> Path:
+        """``<folder>/manifest.jsonl`` as the folder was named."""
+        return Path(self.name)
 
-    def _subset(self, idx) -> "SongTable":
-        return SongTable(self.folder, self.offsets[idx], self.lengths[idx], self.lines[idx], self.splits[idx],
-                         self.split_names)  # fmt: skip
+    @property
+    def folder(self) -> Path:
+        return self.manifest.parent
 
-    def __getitem__(self, i):
-        if isinstance(i, (slice, np.ndarray, list)):
-            return self._subset(i)
-        n = len(self)
-        i = int(i) + (n if int(i) < 0 else 0)
-        if not 0 <= i < n:
-            raise IndexError(f"song {i} of {n}")
-        if self._fd is None:
-            self._fd = os.open(self.manifest, os.O_RDONLY)
-        raw = os.pread(self._fd, int(self.lengths[i]), int(self.offsets[i]))
-        where = f"{self.manifest}:{int(self.lines[i])}"
-        try:
-            return parse_row(json.loads(raw), self.folder, where)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:  # the file was rewritten after it was opened
-            raise DataError(f"{where}: row changed since the folder was opened ({e}); reopen it") from e
+    @property
+    def splits(self) -> np.ndarray:
+        """``[N]`` int16: each song's split, an index into :attr:`split_names`."""
+        return self.column("split")
 
-    def __add__(self, other) -> list[SongRecord]:
-        return list(self) + list(other)
+    @property
+    def split_names(self) -> list[str]:
+        return self.categories["split"]
 
-    def __getstate__(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if k != "_fd"} | {"_fd": None}  # a descriptor is per process
-
-    def __del__(self):
-        if getattr(self, "_fd", None) is not None:
-            try:
-                os.close(self._fd)
-            except OSError:
-                pass
+    def parse(self, obj, where: str) -> SongRecord:
+        return parse_row(obj, self.folder, where)
 
 
 class PreparedData:
@@ -326,37 +304,19 @@ class PreparedData:
         manifest = self.folder / "manifest.jsonl"
         if not manifest.is_file():
             raise PreparedFolderError(f"{manifest}: not found (run `yue prepare -o {self.folder}` first)")
-        skipped: list[tuple[int, str, str]] = []
-        offsets, lengths, lines, splits, hashes = (array.array(t) for t in ("q", "i", "i", "h", "q"))
-        split_ids: dict[str, int] = {}
-        n_json, pos = 0, 0
-        with open(manifest, "rb") as fh:
-            for n, raw in enumerate(fh, 1):  # streamed, bytes: offsets are file positions
-                at, pos = pos, pos + len(raw)
-                if not raw.strip():
-                    continue
-                where = f"{manifest}:{n}"
-                try:
-                    row = json.loads(raw)
-                    n_json += 1
-                    rec = parse_row(row, self.folder, where)
-                except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                    skipped.append((n, where, f"not JSON ({e})"))
-                    continue
-                except DataError as e:
-                    skipped.append((n, where, str(e)))
-                    continue
-                offsets.append(at)
-                lengths.append(len(raw))
-                lines.append(n)
-                splits.append(split_ids.setdefault(rec.split, len(split_ids)))
-                hashes.append(int.from_bytes(hashlib.blake2b(rec.id.encode(), digest_size=8).digest(), "little",
-                                             signed=True))  # fmt: skip
-        check_finished(self.folder, n_json)
-        table = SongTable(self.folder, np.frombuffer(offsets, np.int64), np.frombuffer(lengths, np.int32),
-                          np.frombuffer(lines, np.int32), np.frombuffer(splits, np.int16), list(split_ids))  # fmt: skip
+        folder = self.folder
+
+        def check(row, where: str) -> dict:
+            rec = parse_row(row, folder, where)  # validated once here, parsed again when a song is used
+            return {"split": rec.split,
+                    "id_hash": int.from_bytes(hashlib.blake2b(rec.id.encode(), digest_size=8).digest(), "little",
+                                              signed=True)}  # fmt: skip
+
+        scan = SongTable.scan(manifest, check, {"split": str, "id_hash": np.int64}, errors=(DataError,))
+        skipped = [(b.line, b.where, f"not JSON ({b.error})" if b.not_json else str(b.error)) for b in scan.bad]
+        check_finished(self.folder, scan.json_rows)
+        h, table = scan.table.column("id_hash"), scan.table.without("id_hash")
         # duplicate ids: a row whose id (8-byte hash, confirmed on the ids themselves) came earlier is skipped
-        h = np.frombuffer(hashes, np.int64)
         _, first = np.unique(h, return_index=True)
         keep = np.zeros(h.size, dtype=bool)
         keep[first] = True
@@ -622,7 +582,7 @@ class BlockStream(torch.utils.data.IterableDataset):
             raise DataError(f"{builder.data.folder}: no training songs (split {builder.cfg.data.train_split!r})")
         # a SongTable stays a table (18 bytes per song); anything else becomes a list
         self.builder, self.blocks_per_step, self.seed = builder, blocks_per_step, seed
-        self.songs = songs if isinstance(songs, SongTable) else list(songs)
+        self.songs = songs if isinstance(songs, RowTable) else list(songs)
         cfg = builder.cfg
         self.packer_args = (cfg.data.block_size, cfg.data.doc_masking, builder.layout.id("<PAD>"))
         self.mode_counts: dict[str, int] = {}
