@@ -1,9 +1,17 @@
-"""Template exactness, released tokenisation against hand-computed ids, loss masking, packing equivalence."""
+"""Template exactness, released tokenisation against hand-computed ids and (with the LLaMA-2 vocabulary) against
+SentencePiece per chunk, loss masking, packing equivalence."""
 
 from __future__ import annotations
 
+import os
+import random
+import re
+from pathlib import Path
+
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from chatmusician.tokenization import (
     IGNORE_INDEX,
@@ -89,14 +97,29 @@ def test_pretrain_chunks(char_tok):
 
 
 def test_pack_and_collate():
-    samples = [{"input_ids": [5] * n, "labels": [6] * n} for n in (3, 4, 2, 5)]
+    # distinct tokens per sample (sample i: 100*i + k) and labels that differ from the ids, so a lost, duplicated,
+    # reordered or misaligned token shows
+    samples = [{"input_ids": [100 * i + k for k in range(n)], "labels": [5000 + 100 * i + k for k in range(n)]}
+               for i, n in enumerate((3, 4, 2, 5))]
     rows = pack_samples(samples, length=7, seed=0)
-    assert sum(len(r["input_ids"]) for r in rows) == 14
     assert all(len(r["input_ids"]) <= 7 for r in rows)
-    for r in rows:  # positions restart at 0 for every sample
+    segments = []  # (input_ids, labels) of each packed sample, in packing order; positions restart at 0 per sample
+    for r in rows:
+        assert len(r["labels"]) == len(r["position_ids"]) == len(r["input_ids"])
         starts = [i for i, p in enumerate(r["position_ids"]) if p == 0]
-        lens = [b - a for a, b in zip(starts, starts[1:] + [len(r["position_ids"])])]
-        assert sorted(lens) == sorted(lens) and all(r["position_ids"][s + k] == k for s, n in zip(starts, lens) for k in range(n))
+        assert starts[0] == 0
+        for a, b in zip(starts, starts[1:] + [len(r["input_ids"])]):
+            assert r["position_ids"][a:b] == list(range(b - a))
+            segments.append((r["input_ids"][a:b], r["labels"][a:b]))
+    order = list(range(len(samples)))
+    random.Random(0).shuffle(order)  # the documented seeded shuffle, then greedy filling in that order
+    assert segments == [(samples[i]["input_ids"], samples[i]["labels"]) for i in order]
+    lens = [len(samples[i]["input_ids"]) for i in order]
+    k = 0
+    for r in rows[:-1]:  # greedy: a row is closed only when the next sample does not fit
+        k += sum(1 for p in r["position_ids"] if p == 0)
+        assert len(r["input_ids"]) + lens[k] > 7
+    assert rows != [] and pack_samples(samples, length=7, seed=0) == rows  # deterministic for a seed
     with pytest.raises(ValueError):
         pack_samples([{"input_ids": [1] * 9, "labels": [1] * 9}], length=7)
     b = Collator(pad_id=0)(rows)
@@ -186,3 +209,162 @@ def test_trained_tokenizer_roundtrip(tok_dir):
     s = tokenize_sft(tok, row)
     p = tok(prompt("Key: G major"), add_special_tokens=False)["input_ids"]
     assert s["input_ids"][: len(p)] == p
+
+
+# ------------------------------------------------------------------------- released ids with the LLaMA-2 vocabulary
+# The released pipeline (transformers 4.32 slow LlamaTokenizer) split the text on the special tokens and encoded every
+# chunk by SentencePiece on its own, dummy prefix included (spec 2.4, pitfall 2). The reference below is written here
+# from that rule with the `sentencepiece` library alone; the project's encoder must give the same ids on the training
+# path (tokenize_sft / tokenize_pretrain) and on the chat path (encode_prompts, check_context).
+
+
+def _llama2_dir() -> Path | None:
+    """``$CHATMUSICIAN_LLAMA2_TOKENIZER``, else the handbook beside the checkout: ``<root>/../shared/assets``."""
+    env = os.environ.get("CHATMUSICIAN_LLAMA2_TOKENIZER")
+    cands = ([Path(env)] if env else []) + [
+        p / "shared" / "assets" / "chatmusician" / "llama2" for p in Path(__file__).resolve().parents]
+    return next((c for c in cands if (c / "tokenizer.model").is_file()), None)
+
+
+LLAMA2_DIR = _llama2_dir()
+needs_llama2 = pytest.mark.skipif(LLAMA2_DIR is None, reason="LLaMA-2 tokenizer assets absent "
+                                  "(<root>/../shared/assets/chatmusician/llama2 or $CHATMUSICIAN_LLAMA2_TOKENIZER)")
+
+
+@pytest.fixture(scope="module")
+def llama_tok():
+    from chatmusician.tokenization import load_tokenizer
+
+    return load_tokenizer(str(LLAMA2_DIR))
+
+
+@pytest.fixture(scope="module")
+def sp_ref():
+    """text -> ids by the released rule, with sentencepiece only: split on <unk>/<s>/</s>, each chunk encoded alone."""
+    import sentencepiece as spm
+
+    sp = spm.SentencePieceProcessor(model_file=str(LLAMA2_DIR / "tokenizer.model"))
+    special = {"<unk>": 0, "<s>": 1, "</s>": 2}
+
+    def ref(text: str) -> list[int]:
+        out: list[int] = []
+        for chunk in re.split(r"(<unk>|<s>|</s>)", text):
+            if chunk in special:
+                out.append(special[chunk])
+            elif chunk:
+                out += sp.encode(chunk)
+        return out
+
+    return ref
+
+
+ABC_ODD = 'X:1\nT:Odd one\n%%score 1 2\nL:1/8\nM:6/8\nK:Ador\n|:^c=d_e f,g\'a ~b2:|[1 !trill!c2 "Am"A2 % a comment\n\tz4  |]\n'
+TEXTS = [
+    "Human: Write a jig. </s> Assistant: X:1\nK:G\nGAB| </s>",  # a template row
+    "Human: a </s> Assistant: b </s> Human: c </s> Assistant: ",  # multi-turn prompt
+    "the tag </s> inside text, twice</s></s>and <s> and <unk> too",
+    ABC_ODD,
+    "谱写一首中国民歌 Напиши мелодию 🎵🎻 ☺",  # Chinese, Cyrillic, emoji (byte fallback)
+    "   leading spaces and trailing   ",
+    "tabs\t\tand\n\n\nnewlines  double  spaces",
+    " </s> ",
+    "</s>",
+]
+
+
+@needs_llama2
+@pytest.mark.parametrize("text", TEXTS)
+def test_released_ids_on_training_and_chat_paths(llama_tok, sp_ref, text):
+    from chatmusician.chat import check_context
+    from chatmusician.tokenization import encode, encode_prompts
+
+    want = sp_ref(text)
+    assert encode(llama_tok, text) == want
+    # training: SFT source and target are encoded separately, pretraining text gets one EOS per document
+    row = {"instruction": text, "input": "", "output": "Assistant: " + text}
+    s = tokenize_sft(llama_tok, row, max_src_len=1500, max_len=4000)
+    out_text = row["output"] if row["output"].rstrip().endswith("</s>") else row["output"] + "</s>"
+    assert s["input_ids"] == want + sp_ref(out_text)
+    assert s["labels"] == [IGNORE_INDEX] * len(want) + sp_ref(out_text)
+    assert tokenize_pretrain(llama_tok, text, max_len=4000)[0]["input_ids"] == want + [2]
+    # chat: the padded prompt batch holds the same ids (left padding with pad id 0), and the context check counts them
+    enc = encode_prompts(llama_tok, [text, text + " more words here"])
+    n = len(want)
+    assert enc["input_ids"][0, enc["input_ids"].shape[1] - n :].tolist() == want
+    assert enc["attention_mask"][0].sum().item() == n and (enc["input_ids"][0][enc["attention_mask"][0] == 0] == 0).all()
+
+    class _M:
+        class config:
+            max_position_embeddings = 4096
+
+    assert check_context(_M, llama_tok, text, 10) == n
+
+
+@needs_llama2
+def test_hand_checked_llama2_ids(llama_tok):
+    """Ids checked by hand: "▁" 29871, "▁▁" 259, ":" 29901, EOS 2; byte pieces are 3 + the byte (\\n 13, \\t 12,
+    🎵 = F0 9F 8E B5 -> 243 162 145 184); a chunk after </s> gets its own dummy prefix."""
+    from chatmusician.tokenization import encode, encode_prompts, prompt
+
+    assert encode(llama_tok, "Human: hi </s> Assistant: ok </s>") == [
+        12968, 29901, 7251, 29871, 2, 29871, 4007, 22137, 29901, 3431, 29871, 2]  # ▁Human : ▁hi ▁ </s> ▁ ▁Ass istant : ▁ok ▁ </s>
+    assert encode(llama_tok, "🎵") == [29871, 243, 162, 145, 184]
+    assert encode(llama_tok, "\t\n") == [29871, 12, 13]
+    assert encode(llama_tok, "a  b") == [263, 29871, 289]  # ▁a ▁ ▁b (transformers 5 alone gives ▁a ▁▁ b)
+    assert encode(llama_tok, "</s> ") == [2, 259]  # the " " after </s> is "▁" + dummy prefix = "▁▁"
+    # the released SFT row ends its source with " </s> " and starts its target with "Assistant: ", so training saw
+    # </s> ▁▁ ▁Ass ... while the released inference prompt "... </s> Assistant: " gives </s> ▁ ▁Ass ... ▁: kept as released
+    s = tokenize_sft(llama_tok, sft_row("hi", "", "ok"))
+    i = s["input_ids"].index(2)
+    assert s["input_ids"][i : i + 4] == [2, 259, 4007, 22137]
+    p = encode_prompts(llama_tok, [prompt("hi")])["input_ids"][0].tolist()
+    assert p[p.index(2) :] == [2, 29871, 4007, 22137, 29901, 29871]
+    # what transformers 5's own LlamaTokenizer gives differs (no prefix after </s>): why encode() exists
+    assert llama_tok("Human: hi </s> Assistant: ok </s>", add_special_tokens=False)["input_ids"][4:6] == [2, 4007]
+
+
+_ALPHABET = st.sampled_from(list("abcXKLM:|/^=_,'~[]!\"%()<>{}-.1234 ") + [" ", "  ", "\t", "\n", "</s>", "<s>",
+                            "<unk>", " </s> ", "Human: ", "Assistant: ", "你", "好", "мир", "🎵", "é", "ß", "▁"])
+
+
+@needs_llama2
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(_ALPHABET, max_size=40).map("".join))
+def test_released_ids_property(llama_tok, sp_ref, text):
+    """Any mix of ABC characters, whitespace runs, special tokens, non-Latin text and a literal "▁": the training and
+    chat encoders give the reference ids, and decoding them gives the text back (up to the dummy-prefix spaces)."""
+    from chatmusician.tokenization import encode, encode_prompts
+
+    want = sp_ref(text)
+    assert encode(llama_tok, text) == want
+    assert tokenize_pretrain(llama_tok, text, max_len=10**4)[0]["input_ids"] == want + [2]
+    if want:
+        assert encode_prompts(llama_tok, [text])["input_ids"][0].tolist() == want
+    assert all(0 <= i < 32000 for i in want)
+
+
+@needs_llama2
+def test_saved_tokenizer_keeps_released_ids(llama_tok, sp_ref, tmp_path):
+    """A model folder written by training/export (save_tokenizer) carries tokenizer.model, so the chat side of a trained
+    model encodes like its training data; transformers' save_pretrained alone would drop it."""
+    from chatmusician.tokenization import encode, load_tokenizer, save_tokenizer, sp_model_path
+
+    save_tokenizer(llama_tok, tmp_path / "final")
+    again = load_tokenizer(str(tmp_path / "final"))
+    assert sp_model_path(again) == str(tmp_path / "final" / "tokenizer.model")
+    assert encode(again, TEXTS[0]) == sp_ref(TEXTS[0])
+    llama_tok.save_pretrained(str(tmp_path / "plain"))
+    assert not (tmp_path / "plain" / "tokenizer.model").exists()
+
+
+def test_trained_bpe_keeps_its_own_encoding(tok_dir):
+    """The small BPE of scratch models has no SentencePiece model: encode() is the tokenizer's own encoding."""
+    from chatmusician.tokenization import encode, encode_prompts, load_tokenizer, sp_model_path
+
+    tok = load_tokenizer(str(tok_dir))
+    assert sp_model_path(tok) is None
+    text = "Human: Key: G major </s> Assistant: X:1\nK:G\nGAB|"
+    assert encode(tok, text) == tok(text, add_special_tokens=False)["input_ids"]
+    enc = encode_prompts(tok, [text, "Human: x"])
+    assert enc["input_ids"][1, : enc["input_ids"].shape[1] - len(encode(tok, "Human: x"))].tolist() == \
+        [tok.pad_token_id] * (enc["input_ids"].shape[1] - len(encode(tok, "Human: x")))

@@ -30,7 +30,10 @@ def _add_config(p: argparse.ArgumentParser, default: str | None = None) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="chatmusician", description="ChatMusician: an LLM that reads and writes ABC notation.")
     sub = parser.add_subparsers(dest="command", metavar="{" + ",".join(SUBCOMMANDS) + "}")
-    _add_config(sub.add_parser("data", help="build pretraining/SFT corpora (jsonl + arrow) and report rejected rows"))
+    p = sub.add_parser("data", help="build pretraining/SFT corpora (arrow, tokenised and packed) once, for training "
+                       "to open; skipped when the folder already matches the config and inputs")
+    _add_config(p)
+    p.add_argument("--force", action="store_true", help="rebuild even when the corpus is up to date")
     _add_config(sub.add_parser("train", help="continual pretraining or SFT (LoRA or full; DeepSpeed optional)"))
     p = sub.add_parser("chat", help="chat with the released template; every reply's ABC extracted, checked, rendered")
     p.add_argument("--model", required=True, help="local model folder (full checkpoint or LoRA adapter)")
@@ -106,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    if getattr(args, "dump_config", False):
+        _load(args)  # prints the fully resolved config (YAML, _base_ chain and overrides applied) and exits
     from musiccore.hf import setup_logging
 
     from musiccore.hf import rank_info
@@ -118,21 +123,39 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         pass
     if args.command == "data":
-        from .data import build
+        from .data import build, up_to_date
 
-        rep = build(_load(args))
+        cfg = _load(args)
+        rep = None if args.force else up_to_date(cfg)
+        if rep is not None:
+            log.info("corpus in %s is up to date (fingerprint %s); --force rebuilds it", cfg.data.out_dir, rep["fingerprint"])
+        else:
+            try:
+                rep = build(cfg)
+            except (FileNotFoundError, ValueError) as e:  # a missing input folder, a bad task name: one line
+                print(f"chatmusician data: error: {e}", file=sys.stderr)
+                return 2
         print(json.dumps(rep["counts"], indent=1))
     elif args.command == "train":
+        from .data import CorpusError
         from .train import train
 
-        summary = train(_load(args))
+        try:
+            summary = train(_load(args))
+        except CorpusError as e:  # no or stale prepared corpus: the command that builds it, no traceback
+            print(f"chatmusician train: error: {e}", file=sys.stderr)
+            return 2
         print(json.dumps(summary, indent=1, default=str))
     elif args.command == "export":
         import torch
 
         from .export import export_merged
 
-        out = export_merged(args.adapter, args.out, dtype=getattr(torch, args.dtype))
+        try:
+            out = export_merged(args.adapter, args.out, dtype=getattr(torch, args.dtype))
+        except (FileNotFoundError, FileExistsError, ValueError) as e:  # bad adapter folder, existing --out: one line
+            print(f"chatmusician export: error: {e}", file=sys.stderr)
+            return 2
         print(f"merged checkpoint written to {out}")
     elif args.command == "chat":
         from .chat import ContextError, PromptError
@@ -151,10 +174,16 @@ def main(argv: list[str] | None = None) -> int:
         cfg = _load(args)
         try:
             data = None
+            skipped: list[str] = []
             if args.mtb:
                 from .mtb import load_mtb
 
-                data = load_mtb(args.mtb)  # bad rows fail here, before the model is loaded
+                data = load_mtb(args.mtb, skipped)  # bad rows are skipped and reported, the others scored
+                if not data["test"]:  # nothing to score: one line (the first reason), before the model is loaded
+                    why = f"; first: {skipped[0]}" if skipped else ""
+                    raise MTBFormatError(f"{args.mtb}: no usable test row ({len(skipped)} skipped{why})")
+                for msg in skipped:
+                    log.warning("skipped %s", msg)
             elif args.theory:
                 from pathlib import Path
 
@@ -167,6 +196,9 @@ def main(argv: list[str] | None = None) -> int:
                 data = load_mtb(folder)
             dev = resolve_device(args.device)
             model, tok = load_model(args.model, dtype=resolve_dtype(args.dtype, dev), device=dev)
+            from .model_folder import check_tokenizer_fits
+
+            check_tokenizer_fits(args.model, tok, model)  # ids past the embedding would fail mid-evaluation
         except (FileNotFoundError, MTBFormatError, ValueError) as e:
             print(f"chatmusician eval: error: {e}", file=sys.stderr)
             return 2
@@ -177,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
                                batch_size=args.batch_size, predictions=args.predictions, released=bool(args.mtb))
             for line in res["count_checks"]:
                 log.warning("MusicTheoryBench count check: %s", line)
+            res["skipped_rows"] = skipped
             print(json.dumps(res, indent=1))
             return 0
         res = evaluate_generation(model, tok, cfg, n=args.n, max_new_tokens=args.max_new_tokens, out_path=args.out,

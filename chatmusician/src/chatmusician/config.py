@@ -6,6 +6,7 @@ Load with ``musiccore.config.load_config(ChatMusicianConfig, "configs/tiny.yaml"
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Optional
 
 
 @dataclass
@@ -48,18 +49,23 @@ class TokenizerConfig:
 
 @dataclass
 class DataConfig:
-    """Corpus building (``chatmusician data``) and what training reads."""
+    """Corpus building (``chatmusician data``, run once, e.g. as its own Slurm job) and what training opens.
 
-    stage: str = "sft"  # sft | pretrain: which corpus training uses
-    out_dir: str = "runs/data/chatmusician"  # built corpora (relative: to the launch folder; runs/ is git-ignored): <out_dir>/{sft,pretrain}/{train,valid}.jsonl + arrow
-    tunes: str = "kit"  # kit (musiccore.data tunes manifest) | music21 (its bundled ABC corpus) | none
+    Training only opens ``<out_dir>`` (memory-mapped) and refuses a missing or stale one (fingerprint of these
+    fields, the tokenizer and ``pack.length``) with the ``chatmusician data`` command that builds it."""
+
+    stage: str = "sft"  # sft | pretrain: which corpus training uses (both are built)
+    out_dir: str = "runs/data/chatmusician"  # built corpora (relative: to the launch folder; runs/ is git-ignored): <out_dir>/{sft,pretrain}/{tokenized,packed} (arrow) + {train,valid}.jsonl, report.json
+    tunes: str = "kit"  # kit (musiccore.data tunes manifest) | music21 (its bundled ABC corpus) | none (released data only)
     kit_root: str = ""  # data kit root ("" = MUSIC_DATA_DIR)
     music21_collections: list[str] = field(default_factory=lambda: ["ryansMammoth", "oneills1850", "airdsAirs"])
     max_tunes: int = 0  # cap on input tunes (0 = all)
     musicpile_dir: str = ""  # local folder with MusicPile parquet/jsonl (pretraining text)
     musicpile_sft_dir: str = ""  # local folder with MusicPile-sft parquet/jsonl (SFT rows)
     text_files: list[str] = field(default_factory=list)  # extra music text (.txt paragraphs or jsonl with "text")
-    abc_text_ratio: float = 0.5  # pretraining: target share of characters that are ABC (the rest: music text)
+    # pretraining with kit tunes: target share of characters that are kit ABC, reached by subsampling or repeating the
+    # kit's ABC documents; text (MusicPile, text_files) is never subsampled. 0 = no kit ABC, 1 = kit ABC only
+    abc_text_ratio: float = 0.5
     tasks: list[str] = field(
         default_factory=lambda: ["metadata", "continuation", "chords", "transpose", "qa_key", "qa_meter", "qa_length"]
     )
@@ -68,11 +74,12 @@ class DataConfig:
     max_bars: int = 0  # crop every tune to its first N bars (0 = whole tune); the tiny config uses short tunes
     prompt_bars: bool = False  # metadata prompts also say "Bars: N" (the tune's bar count; not in the released data)
     strip_annotations: bool = False  # drop fingerings/"^text"/!decorations! (chord symbols kept)
-    valid_fraction: float = 0.05  # share of tunes (not samples) in the valid split
+    valid_fraction: float = 0.05  # held-out share: of kit tunes (by tune) and of released rows/documents (by text hash); 0 = none
     max_src_len: int = 1536  # released source truncation
     max_len: int = 2048  # released max_len (source + target)
-    overlong: str = "drop"  # drop | truncate: samples longer than max_len (dropped ones are counted and reported)
-    build_if_missing: bool = True  # `train` builds the corpus first when <out_dir> has none
+    overlong: str = "drop"  # drop | truncate (released): SFT samples longer than max_len (counted either way)
+    seed: int = 1234  # shuffle of documents/samples before packing and of the kit ABC selection
+    num_proc: int = 0  # worker processes of the batched tokenise/pack maps (0 = the CPUs available, at most 16)
 
 
 @dataclass
@@ -124,16 +131,27 @@ class TrainerConfig:
 
 @dataclass
 class DeepSpeedConfig:
-    """Rendered into the DeepSpeed dict at startup and saved as <run>/deepspeed.json."""
+    """Rendered into the DeepSpeed dict at startup and saved as <run>/deepspeed.json.
+
+    Defaults are the released values: ZeRO-2 as ``ds_zero2_no_offload.json`` (it sets only the stage, so DeepSpeed's
+    defaults apply: buckets 5e8, no overlap), the ``stage3_*``/``sub_group_size`` fields as ``ds_zero3_offload.json``.
+    The ZeRO-3 file also sets ``reduce_bucket_size`` 1e7, a field shared with ZeRO-2: the stage-3 recipe
+    (``configs/sft_7b_full.yaml``) sets it.
+    """
 
     enabled: bool = False
     stage: int = 2  # 2 (released default ds_zero2_no_offload) | 3 (ds_zero3_offload)
-    offload_optimizer: str = "none"  # none | cpu
+    offload_optimizer: str = "none"  # none | cpu (released ZeRO-3 file: "auto"; its name says offload)
     offload_param: str = "none"  # none | cpu (stage 3 only)
-    allgather_bucket_size: float = 5e8
-    reduce_bucket_size: float = 5e8
-    stage3_max_live_parameters: float = 1e9
-    stage3_prefetch_bucket_size: float = 1e7
+    # overlap gradient reduction with backward; null = DeepSpeed's default for the stage (off at 2, on at 3: released)
+    overlap_comm: Optional[bool] = None
+    allgather_bucket_size: float = 5e8  # ZeRO-2 (DeepSpeed default, released)
+    reduce_bucket_size: float = 5e8  # ZeRO-2: 5e8 (DeepSpeed default, released); ZeRO-3 released: 1e7
+    stage3_max_live_parameters: float = 1e9  # released ZeRO-3
+    stage3_max_reuse_distance: float = 1e9  # released ZeRO-3
+    stage3_prefetch_bucket_size: float = 1e7  # released ZeRO-3
+    stage3_param_persistence_threshold: float = 1e5  # released ZeRO-3 (parameters below it stay unpartitioned)
+    sub_group_size: float = 1e9  # released ZeRO-3 (optimizer step granularity)
     loss_scale_window: int = 100  # fp16 dynamic loss scale window (released)
 
 
@@ -178,6 +196,8 @@ class ChatMusicianConfig:
             (self.data.overlong in {"drop", "truncate"}, f"data.overlong must be drop|truncate, got {self.data.overlong}"),
             (0 < self.data.max_src_len < self.data.max_len, "data.max_src_len must be in (0, data.max_len)"),
             (0.0 <= self.data.abc_text_ratio <= 1.0, "data.abc_text_ratio must be in [0, 1]"),
+            (0.0 <= self.data.valid_fraction < 1.0, "data.valid_fraction must be in [0, 1)"),
+            (self.data.num_proc >= 0, "data.num_proc must be >= 0 (0 = the CPUs available)"),
             (self.optim.schedule in {"released", "cosine", "constant"}, f"optim.schedule: unknown {self.optim.schedule}"),
             (self.trainer.precision in {"auto", "fp32", "bf16", "fp16"}, f"trainer.precision: unknown {self.trainer.precision}"),
             (self.deepspeed.stage in {2, 3}, "deepspeed.stage must be 2 or 3"),

@@ -1,52 +1,92 @@
-"""Corpus building (``chatmusician data``): MusicPile-style pretraining text and MusicPile-sft-style conversations.
+"""Corpus building (``chatmusician data``): MusicPile-style pretraining text and MusicPile-sft-style conversations,
+built once on disk with ``datasets`` (arrow, memory-mapped) and only opened by training.
 
-Pipeline::
+Pipeline (every stage streams: rows go from generators or batched maps straight into arrow files on disk, so memory
+stays bounded by a batch, not by the corpus)::
 
-    input tunes (data kit manifest | music21 corpus)         MusicPile / MusicPile-sft files (parquet/jsonl)
-      -> clean: normalise, optional crop/annotation strip       -> read rows, count malformed ones
-      -> reject non-ABC, dedup by normalised body               -> reject empty outputs / non-ABC score outputs
-      -> split by tune (hash of the body: every sample of a tune and its transpositions land in one split)
-      -> SFT task generators (metadata, continuation, chords, transpose, key/meter/length questions)
-      -> pretraining documents (ABC + music text, mixed to `abc_text_ratio` of characters)
-      -> tokenise (released recipe), drop or truncate over-long samples
-      -> <out_dir>/{sft,pretrain}/{train,valid}.jsonl, <out_dir>/{sft,pretrain}/tokenized (arrow), report.json
+    kit tunes (data kit manifest | music21 corpus)              MusicPile / MusicPile-sft / text files
+      -> clean, reject non-ABC, dedup by body digest              -> rows read file by file; a corrupt parquet file,
+      -> split by tune (hash of the body)                            malformed jsonl lines and invalid UTF-8 are
+      -> SFT task generators, ABC + music-text documents             skipped and counted per file
+                  \\____________________ Dataset.from_generator (arrow) ____________________/
+      -> pretraining: MusicPile text kept whole; kit ABC mixed to ``abc_text_ratio`` only when asked (> 0)
+      -> shuffle (``data.seed``) -> tokenise: Dataset.map(batched, num_proc) -> drop/truncate over-long SFT rows
+      -> pack: SFT samples next-fit into rows of ``pack.length``; pretraining documents (+ EOS) cut into blocks of
+         ``pack.length`` with positions restarting and the label masked at every document start
+      -> <out_dir>/{sft,pretrain}/{tokenized,packed} (save_to_disk), {train,valid}.jsonl, tokenizer/, report.json
 
-Nothing bad is trained on silently: every rejected row is counted by reason in ``report.json`` and in the log.
+The build writes into ``<out_dir>/.build-*`` and renames the finished parts into place; ``report.json`` (the
+manifest: fingerprint of the data-relevant config, tokenizer id, counts, per-file problems) is written last, so a
+folder with a matching manifest is always complete. Training calls :func:`open_split`, which refuses a missing or
+stale corpus with the ``chatmusician data`` command that builds it: no rank of any node ever builds data.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import hashlib
 import json
 import logging
+import os
 import random
+import shlex
+import shutil
+import sys
+import time
+import uuid
 from pathlib import Path
 from typing import Iterable, Iterator
 
 from musiccore.config import config_hash
-from musiccore.runs import atomic_path, atomic_write_json
+from musiccore.runs import atomic_write_json
 
 from . import abctools
 from .config import ChatMusicianConfig
-from .tokenization import EOS_TEXT, sft_row, tokenize_pretrain, tokenize_sft, train_tokenizer
+from .tokenization import (
+    EOS_TEXT,
+    IGNORE_INDEX,
+    pack_rows,
+    pack_pretrain_blocks,
+    sft_row,
+    tokenize_pretrain,
+    tokenize_sft,
+    train_tokenizer,
+)
 
 log = logging.getLogger(__name__)
 
-# bump when the corpus recipe (cleaning, tasks, tokenizer training) changes: built corpora are then rebuilt
-DATA_VERSION = 2
+# bump when the corpus recipe (cleaning, tasks, tokenizer training, packing) changes: built corpora become stale
+DATA_VERSION = 3
 SCORE_SOURCES = ("irishman", "kernscores", "bach", "jsb", "abc")  # MusicPile-sft `src` values whose output is ABC
 KEY_MODES = {"": "major", "maj": "major", "m": "minor", "min": "minor", "mix": "mixolydian", "dor": "dorian",
              "phr": "phrygian", "lyd": "lydian", "loc": "locrian", "ion": "ionian", "aeo": "aeolian"}
+MAP_BATCH = 1000  # rows (SFT rows, chunks <= max_len) per batched map call: the unit of memory of the build
+DOC_BATCH = 100  # pretraining documents per batch (a MusicPile "pile" document averages ~46K tokens)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
+                   "added_tokens.json", "vocab.json", "merges.txt")
+
+
+class CorpusError(RuntimeError):
+    """The prepared corpus is missing, incomplete or was built from another data config / tokenizer."""
 
 
 class Report(collections.Counter):
-    """Counts of rows read, kept and rejected (by reason), written to ``report.json``."""
+    """Counts of rows read, kept and rejected (by reason), written to ``report.json``; ``files`` holds per-file
+    problems (``{path: {"rows": n, "invalid_utf8": k, "malformed_jsonl": m, "error": "..."}}``)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.files: dict[str, collections.Counter | dict] = {}
 
     def reject(self, reason: str, where: str = "", n: int = 1) -> None:
         self[f"rejected/{reason}"] += n
-        if where and self[f"rejected/{reason}"] <= 5:  # name the first few offenders in the log
+        if where and self[f"rejected/{reason}"] - n < 5:  # name the first few offenders in the log
             log.warning("rejected (%s): %s", reason, where)
+
+    def file(self, path: str | Path) -> collections.Counter:
+        """The per-file counter of ``path`` (created on first use)."""
+        return self.files.setdefault(str(path), collections.Counter())
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -132,7 +172,7 @@ def split_of(body_key: str, valid_fraction: float) -> str:
 def prepare_tunes(rows: list[dict], cfg: ChatMusicianConfig, report: Report) -> list[dict]:
     """Clean, reject non-ABC, dedup by normalised body, assign the split. Returns tune dicts with ``abc``,
     ``header`` (parsed), ``body_key`` and ``split``."""
-    seen: set[str] = set()
+    seen: set[bytes] = set()  # 16-byte digests of the normalised bodies: bounded memory per tune, not per character
     out = []
     for r in rows:
         report["tunes/read"] += 1
@@ -143,10 +183,11 @@ def prepare_tunes(rows: list[dict], cfg: ChatMusicianConfig, report: Report) -> 
             report.reject("not_abc", f"tune {r.get('id')}: {e}")
             continue
         key = abctools.body_key(abc)
-        if key in seen:
+        digest = hashlib.blake2b(key.encode(), digest_size=16).digest()
+        if digest in seen:
             report.reject("duplicate_tune")
             continue
-        seen.add(key)
+        seen.add(digest)
         h = abctools.parse_header(abc)
         meta = {"rhythm": r.get("rhythm") or h.get("R", ""), "origin": r.get("origin") or h.get("O", ""),
                 "title": r.get("title") or ""}
@@ -220,7 +261,11 @@ def task_qa(tune: dict, cfg: ChatMusicianConfig, what: str):
 
 def generate_sft(tunes: list[dict], cfg: ChatMusicianConfig, report: Report) -> list[dict]:
     """All enabled tasks over all tunes, as released-format rows with ``split`` and ``src`` (the task name)."""
-    rows = []
+    return list(iter_sft(tunes, cfg, report))
+
+
+def iter_sft(tunes: Iterable[dict], cfg: ChatMusicianConfig, report: Report) -> Iterator[dict]:
+    """:func:`generate_sft` one row at a time (what the corpus build streams into arrow)."""
     for t in tunes:
         produced = []
         for task in cfg.data.tasks:
@@ -243,8 +288,7 @@ def generate_sft(tunes: list[dict], cfg: ChatMusicianConfig, report: Report) -> 
             ins, inp, reply = res
             row = sft_row(ins, inp, reply, src=f"kit_{task}", id=t["id"])
             row["split"] = t["split"]
-            rows.append(row)
-    return rows
+            yield row
 
 
 def music_text(tune: dict) -> str:
@@ -262,43 +306,93 @@ def music_text(tune: dict) -> str:
     return parts[0] + desc + f". It is {n} bars long" + (f" with a unit note length of {h['L']}." if h.get("L") else ".")
 
 
+
 # ---------------------------------------------------------------------------------------------------------------
-# Released files and extra text
+# Released files and extra text (read file by file: a bad file or line is skipped, counted and named, never fatal)
 
 
-def read_rows(folder: str | Path, report: Report, kind: str) -> Iterator[dict]:
-    """Rows of every ``*.parquet``, ``*.jsonl`` and ``*.json`` file under ``folder`` (MusicPile / MusicPile-sft
-    layouts). Malformed jsonl lines and non-object rows are counted under ``rejected/malformed_jsonl``."""
+def _input_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.suffix in {".parquet", ".jsonl", ".json"} and p.is_file())
+
+
+def _iter_rows(folder: str | Path, report: Report, kind: str) -> Iterator[tuple[str, dict]]:
+    """``(where, row)`` for every row of every ``*.parquet``/``*.jsonl``/``*.json`` file under ``folder``.
+
+    A parquet file whose footer or a row group cannot be read is reported under ``rejected/corrupt_file`` (file +
+    reason; rows of the row groups before the damage are kept and said so) and the next file is read. jsonl lines that
+    are not valid UTF-8 are rejected under ``rejected/invalid_utf8`` (never decoded with replacement characters), lines
+    that are not JSON objects under ``rejected/malformed_jsonl``; both are also counted per file in ``report.files``.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: {kind} folder not found")
-    files = sorted(p for p in folder.rglob("*") if p.suffix in {".parquet", ".jsonl", ".json"})
+    files = _input_files(folder)
     if not files:
         raise FileNotFoundError(f"{folder}: no .parquet/.jsonl files for {kind}")
     for p in files:
+        fc = report.file(p)
         if p.suffix == ".parquet":
-            import pyarrow.parquet as pq
-
-            for row in pq.read_table(p).to_pylist():
-                yield row
+            yield from _iter_parquet(p, report, fc)
             continue
-        with open(p, errors="replace") as f:
-            for ln, line in enumerate(f, 1):
+        with open(p, "rb") as f:
+            for ln, raw in enumerate(f, 1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    fc["invalid_utf8"] += 1
+                    report.reject("invalid_utf8", f"{p}:{ln}: byte {e.start}: {e.reason}")
+                    continue
                 if not line.strip():
                     continue
                 try:
                     row = json.loads(line)
                 except json.JSONDecodeError as e:
+                    fc["malformed_jsonl"] += 1
                     report.reject("malformed_jsonl", f"{p}:{ln}: {e}")
                     continue
                 if not isinstance(row, dict):
+                    fc["malformed_jsonl"] += 1
                     report.reject("malformed_jsonl", f"{p}:{ln}: not an object")
                     continue
-                yield row
+                fc["rows"] += 1
+                yield f"{p}:{ln}", row
+
+
+def _iter_parquet(p: Path, report: Report, fc: collections.Counter) -> Iterator[tuple[str, dict]]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(p)  # reads the footer: a truncated file fails here
+    except (pa.ArrowException, OSError, ValueError) as e:
+        fc["error"] = f"unreadable parquet file: {e}"
+        report.reject("corrupt_file", f"{p}: unreadable parquet file ({e}); skipped")
+        return
+    n = 0
+    try:
+        for batch in pf.iter_batches(batch_size=MAP_BATCH):  # one record batch in memory at a time
+            for row in batch.to_pylist():
+                n += 1
+                yield f"{p} row {n - 1}", row
+    except (pa.ArrowException, OSError, ValueError) as e:
+        fc["error"] = f"damaged after {n} rows: {e}"
+        report.reject("corrupt_file", f"{p}: damaged after row {n} ({e}); the {n} rows before were kept, "
+                                      "the rest skipped")
+    finally:
+        fc["rows"] += n
+
+
+def read_rows(folder: str | Path, report: Report, kind: str) -> Iterator[dict]:
+    """Rows of every ``*.parquet``, ``*.jsonl`` and ``*.json`` file under ``folder`` (MusicPile / MusicPile-sft
+    layouts); bad files and lines are skipped and counted (see :func:`_iter_rows`)."""
+    for _, row in _iter_rows(folder, report, kind):
+        yield row
 
 
 def check_sft_row(row: dict, report: Report, where: str) -> dict | None:
-    """A MusicPile-sft row with string fields and a non-empty output; score rows must carry ABC."""
+    """A MusicPile-sft row with string fields and a non-empty output; score rows must carry ABC. A null
+    ``instruction``/``input`` reads as empty (as the released rows with ``input: null`` were trained)."""
+    row = {**row, **{k: "" for k in ("instruction", "input") if row.get(k) is None}}
     if not all(isinstance(row.get(k, ""), str) for k in ("instruction", "input", "output")) or "output" not in row:
         report.reject("malformed_row", where)
         return None
@@ -314,188 +408,624 @@ def check_sft_row(row: dict, report: Report, where: str) -> dict | None:
             "src": str(row.get("src", "")), "id": str(row.get("id", ""))}
 
 
-def read_text_files(paths: Iterable[str], report: Report) -> Iterator[str]:
-    """Music text documents: ``.txt`` files split on blank lines, or jsonl/parquet folders with a ``text`` field."""
+def _iter_text_files(paths: Iterable[str], report: Report) -> Iterator[tuple[str, str]]:
     for p in map(Path, paths):
         if p.is_dir() or p.suffix in {".jsonl", ".json", ".parquet"}:
             folder = p if p.is_dir() else p.parent
-            for row in read_rows(folder, report, "text"):
+            for where, row in _iter_rows(folder, report, "text"):
                 if isinstance(row.get("text"), str) and row["text"].strip():
-                    yield row["text"]
+                    yield where, row["text"]
                 else:
-                    report.reject("empty_text", str(p))
-        else:
-            for para in p.read_text(errors="replace").split("\n\n"):
-                if para.strip():
-                    yield para.strip()
+                    report.reject("empty_text", where)
+            continue
+        if not p.is_file():
+            raise FileNotFoundError(f"{p}: data.text_files entry not found")
+        fc = report.file(p)
+        with open(p, "rb") as f:  # paragraphs (blank-line separated) streamed, never the whole file in memory
+            para: list[bytes] = []
+            start = 1
+            for ln, raw in enumerate(f, 1):
+                if raw.strip():
+                    if not para:
+                        start = ln
+                    para.append(raw)
+                    continue
+                if para:
+                    if (text := _decode_para(para, p, start, report, fc)) is not None:
+                        yield f"{p}:{start}", text
+                    para = []
+            if para and (text := _decode_para(para, p, start, report, fc)) is not None:
+                yield f"{p}:{start}", text
+
+
+def _decode_para(lines: list[bytes], p: Path, start: int, report: Report, fc: collections.Counter) -> str | None:
+    try:
+        text = b"".join(lines).decode("utf-8").strip()
+    except UnicodeDecodeError as e:
+        fc["invalid_utf8"] += 1
+        report.reject("invalid_utf8", f"{p}:{start}: paragraph byte {e.start}: {e.reason}")
+        return None
+    fc["rows"] += 1
+    return text
+
+
+def read_text_files(paths: Iterable[str], report: Report) -> Iterator[str]:
+    """Music text documents: ``.txt`` files split on blank lines, or jsonl/parquet folders with a ``text`` field.
+    Paragraphs or lines that are not valid UTF-8 are skipped and counted (``rejected/invalid_utf8``, per file)."""
+    for _, text in _iter_text_files(paths, report):
+        yield text
+
+
+def abc_selection(abc_chars: list[int], text_chars: int, ratio: float, seed: int) -> tuple[int, list[int]]:
+    """Which kit ABC documents make ABC about ``ratio`` of the pretraining characters next to ``text_chars`` of
+    text, which is never subsampled (MusicPile is kept whole). Returns ``(full passes, extra indices)``: every ABC
+    document ``full passes`` times, plus a seeded sample of indices; ``ratio >= 1`` or no text: every document once;
+    ``ratio <= 0``: none."""
+    if not abc_chars or ratio <= 0.0:
+        return 0, []
+    a = sum(abc_chars)
+    if ratio >= 1.0 or text_chars <= 0 or a <= 0:
+        return 1, []
+    want = text_chars * ratio / (1 - ratio)
+    reps = int(want // a)
+    rest = want - reps * a
+    rng = random.Random(seed)
+    extra, acc = [], 0
+    for i in rng.sample(range(len(abc_chars)), len(abc_chars)):
+        if acc >= rest:
+            break
+        extra.append(i)
+        acc += abc_chars[i]
+    return reps, extra
 
 
 def mix_pretrain(abc_docs: list[str], text_docs: list[str], ratio: float, seed: int) -> list[str]:
-    """Mix documents so that ABC makes up about ``ratio`` of all characters: the larger side is subsampled
-    (text) or the ABC side repeated/subsampled to reach the target; returns the shuffled mix."""
-    rng = random.Random(seed)
-    a = sum(map(len, abc_docs))
-    t = sum(map(len, text_docs))
-    if not text_docs or ratio >= 1.0:
-        docs = list(abc_docs)
-    elif not abc_docs or ratio <= 0.0:
-        docs = list(text_docs)
-    else:
-        want_text = a * (1 - ratio) / ratio  # characters of text that give the ratio with all the ABC
-        if want_text <= t:
-            text_sel, acc = [], 0
-            for d in rng.sample(text_docs, len(text_docs)):
-                if acc >= want_text:
-                    break
-                text_sel.append(d)
-                acc += len(d)
-            docs = list(abc_docs) + text_sel
-        else:  # not enough text: keep all of it and subsample the ABC instead
-            want_abc = t * ratio / (1 - ratio)
-            abc_sel, acc = [], 0
-            for d in rng.sample(abc_docs, len(abc_docs)):
-                if acc >= want_abc:
-                    break
-                abc_sel.append(d)
-                acc += len(d)
-            docs = abc_sel + list(text_docs)
-    rng.shuffle(docs)
+    """In-memory form of the pretraining mix (the build streams the same selection): all text documents, plus the
+    ABC documents chosen by :func:`abc_selection`; ``ratio >= 1`` keeps the ABC alone. Returns the shuffled mix."""
+    reps, extra = abc_selection([len(d) for d in abc_docs], sum(map(len, text_docs)), ratio, seed)
+    docs = list(abc_docs) * reps + [abc_docs[i] for i in extra] + ([] if ratio >= 1.0 else list(text_docs))
+    random.Random(seed).shuffle(docs)
     return docs
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Build
-
-
-def data_fingerprint(cfg: ChatMusicianConfig) -> str:
-    """What the built corpus depends on: the data section, the tokenizer choice and the packing settings."""
-    return config_hash({"data": cfg.data.__dict__, "tokenizer": cfg.tokenizer.__dict__, "model_tok": tokenizer_source(cfg),
-                        "version": DATA_VERSION, "abc": abctools.BACKEND},
-                       exclude=("build_if_missing", "stage"))
+# Fingerprint, manifest and the command that builds the corpus
 
 
 def tokenizer_source(cfg: ChatMusicianConfig) -> str:
     """Folder of the tokenizer used for the corpus: explicit, the model folder, or the one ``data`` trains."""
     if cfg.model.tokenizer:
         return cfg.model.tokenizer
-    if cfg.tokenizer.train or cfg.model.init == "scratch":
+    if _trains_tokenizer(cfg):
         return str(Path(cfg.data.out_dir) / "tokenizer")
     if not cfg.model.name_or_path:
         raise ValueError("no tokenizer: set model.tokenizer, model.name_or_path or tokenizer.train=true")
     return cfg.model.name_or_path
 
 
-def _write_jsonl(path: Path, rows: Iterable[dict]) -> int:
+def _trains_tokenizer(cfg: ChatMusicianConfig) -> bool:
+    return not cfg.model.tokenizer and (cfg.tokenizer.train or cfg.model.init == "scratch")
+
+
+def data_fingerprint(cfg: ChatMusicianConfig) -> str:
+    """Hash of what the built corpus depends on: the data section (not ``stage``: both stages are built; not
+    ``out_dir``/``num_proc``), the trained tokenizer's settings or the tokenizer folder, the pack length and the
+    recipe version. The tokenizer's files are checked separately (:func:`tokenizer_id`)."""
+    data = {k: v for k, v in cfg.data.__dict__.items() if k not in ("stage", "out_dir", "num_proc")}
+    if _trains_tokenizer(cfg):
+        tok = {"train": cfg.tokenizer.__dict__}
+    else:
+        tok = {"folder": str(Path(tokenizer_source(cfg)).resolve())}
+    return config_hash({"data": data, "tokenizer": tok, "pack_length": cfg.pack.length, "version": DATA_VERSION,
+                        "abc": abctools.BACKEND}, exclude=())
+
+
+def tokenizer_id(folder: str | Path) -> str:
+    """sha256 (16 hex digits) over the tokenizer files of ``folder`` (names and bytes): a changed tokenizer makes a
+    corpus stale even when the config is the same. Raises ``CorpusError`` when the folder holds no tokenizer file."""
+    folder = Path(folder)
+    h = hashlib.sha256()
+    found = 0
+    for name in TOKENIZER_FILES:
+        p = folder / name
+        if p.is_file():
+            h.update(name.encode() + b"\0" + p.read_bytes())
+            found += 1
+    if not found:
+        raise CorpusError(f"{folder}: no tokenizer files ({', '.join(TOKENIZER_FILES[:2])}, ...)")
+    return h.hexdigest()[:16]
+
+
+def inputs_signature(cfg: ChatMusicianConfig) -> list[list]:
+    """``[path, size, mtime_ns]`` of every input file (MusicPile, MusicPile-sft, text files, the kit's tunes manifest):
+    ``chatmusician data`` rebuilds when they change. Training does not look at it (the raw data may be gone)."""
+    d = cfg.data
+    paths: list[Path] = []
+    for folder in (d.musicpile_dir, d.musicpile_sft_dir):
+        if folder and Path(folder).is_dir():
+            paths += _input_files(Path(folder))
+    for p in map(Path, d.text_files):
+        paths += _input_files(p) if p.is_dir() else [p]
+    if d.tunes == "kit":
+        with contextlib.suppress(Exception):  # kit layout unknown or kit not built: music21 stands in, see load_tunes
+            from musiccore.data.manifest import MANIFEST_PATHS, kit_root
+
+            paths.append(kit_root(d.kit_root or None) / MANIFEST_PATHS["tunes"])
+    out = []
+    for p in paths:
+        st = p.stat() if p.exists() else None
+        out.append([str(p), st.st_size if st else -1, st.st_mtime_ns if st else -1])
+    return out
+
+
+def _override_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (list, dict)):
+        return json.dumps(v, separators=(",", ":"))
+    return str(v)
+
+
+def data_command(cfg: ChatMusicianConfig, argv: list[str] | None = None) -> str:
+    """The shell command that builds the corpus ``cfg`` trains on: the user's own ``train`` command line with
+    ``data`` in its place when training was launched from the CLI (also under torchrun/Slurm), else
+    ``chatmusician data`` with the data-relevant fields that differ from the defaults as ``key=value``."""
+    argv = sys.argv if argv is None else argv
+    args = [a for a in argv[1:]]
+    first = next((i for i, a in enumerate(args) if not a.startswith("-")), None)
+    if first is not None and args[first] == "train" and "--config" in args:
+        return shlex.join(["chatmusician", "data", *[a for a in args[first + 1:] if a != "--dump-config"]])
+    default = ChatMusicianConfig()
+    over = []
+    for section in ("data", "tokenizer", "pack"):
+        for k, v in getattr(cfg, section).__dict__.items():
+            if k != "stage" and getattr(getattr(default, section), k) != v:
+                over.append(f"{section}.{k}={_override_value(v)}")
+    for k in ("init", "name_or_path", "tokenizer"):
+        if getattr(cfg.model, k) != getattr(default.model, k):
+            over.append(f"model.{k}={_override_value(getattr(cfg.model, k))}")
+    return shlex.join(["chatmusician", "data", *over])
+
+
+def check_corpus(cfg: ChatMusicianConfig) -> dict:
+    """The manifest (``report.json``) of the corpus ``cfg`` trains on, after checking that it exists, was built from
+    the same data config (fingerprint) and tokenizer (file hash), and holds the parts training opens.
+
+    Raises:
+        CorpusError: one line naming the folder, what is wrong and the ``chatmusician data`` command that fixes it.
+    """
+    out = Path(cfg.data.out_dir)
+    rep = out / "report.json"
+    fix = f"build it with: {data_command(cfg)}"
+    if not rep.is_file():
+        raise CorpusError(f"{out}: no prepared corpus (no report.json); {fix}")
+    try:
+        m = json.loads(rep.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CorpusError(f"{rep}: unreadable manifest ({e}); {fix}") from None
+    if not isinstance(m, dict):
+        raise CorpusError(f"{rep}: manifest is not a JSON object; {fix}")
+    fp = data_fingerprint(cfg)
+    if m.get("fingerprint") != fp:
+        raise CorpusError(f"{out}: stale corpus, built from another data config (fingerprint {m.get('fingerprint')}, "
+                          f"this config {fp}); re{fix}")
+    tid = tokenizer_id(tokenizer_source(cfg))
+    if m.get("tokenizer_id") != tid:
+        raise CorpusError(f"{out}: stale corpus, tokenized with another tokenizer ({m.get('tokenizer_id')}, "
+                          f"{tokenizer_source(cfg)} is {tid}); re{fix}")
+    stage = cfg.data.stage
+    for part in ("tokenized", "packed") if cfg.pack.enabled else ("tokenized",):
+        if not (out / stage / part / "dataset_dict.json").is_file():
+            raise CorpusError(f"{out / stage / part}: missing part of the corpus; re{fix}")
+    return m
+
+
+def open_split(cfg: ChatMusicianConfig, split: str):
+    """What training reads: ``<out_dir>/<stage>/packed`` (``pack.enabled``) or ``tokenized``, memory-mapped
+    (``load_from_disk``), reduced to the model's columns: ``input_ids`` [T], ``labels`` [T] and, packed,
+    ``position_ids`` [T] per row. Never builds anything (see :func:`check_corpus` for the errors)."""
+    import datasets
+
+    check_corpus(cfg)
+    path = Path(cfg.data.out_dir) / cfg.data.stage / ("packed" if cfg.pack.enabled else "tokenized")
+    dd = datasets.load_from_disk(str(path))
+    if split not in dd:  # nothing in this split (e.g. no hold-out): an empty dataset of the same columns
+        return _empty(_features()["packed" if cfg.pack.enabled else "tokenized"])
+    ds = dd[split]
+    keep = {"input_ids", "labels", "position_ids"}
+    return ds.remove_columns([c for c in ds.column_names if c not in keep])
+
+
+def up_to_date(cfg: ChatMusicianConfig) -> dict | None:
+    """The manifest when the built corpus matches ``cfg`` and its input files are unchanged, else None."""
+    try:
+        m = check_corpus(cfg)
+    except (CorpusError, ValueError):
+        return None
+    return m if m.get("inputs") == json.loads(json.dumps(inputs_signature(cfg))) else None
+
+
+def ensure_built(cfg: ChatMusicianConfig) -> dict:
+    """Single-process tools (demo, benchmarks): the manifest, building the corpus first when missing or stale.
+    Training never calls this; it only opens a finished corpus."""
+    return up_to_date(cfg) or build(cfg)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Build: generators -> arrow -> batched maps -> save_to_disk
+
+
+def resolve_num_proc(n: int) -> int:
+    """``data.num_proc``; 0 = the CPUs this process may use (at most 16)."""
+    if n > 0:
+        return n
+    try:
+        return max(1, min(16, len(os.sched_getaffinity(0))))
+    except AttributeError:  # not Linux
+        return max(1, min(16, os.cpu_count() or 1))
+
+
+def _features():
+    import datasets
+
+    s, ids = datasets.Value("string"), datasets.List(datasets.Value("int32"))
+    return {
+        "sft_rows": datasets.Features({k: s for k in ("instruction", "input", "output", "src", "id", "split")}),
+        "docs": datasets.Features({"text": s, "split": s, "src": s}),
+        "sft_tok": datasets.Features({"input_ids": ids, "labels": ids, "src": s, "id": s,
+                                      "overlong": datasets.Value("bool"), "has_target": datasets.Value("bool")}),
+        "pt_tok": datasets.Features({"input_ids": ids, "labels": ids, "src": s, "doc_start": datasets.Value("bool")}),
+        "packed": datasets.Features({"input_ids": ids, "labels": ids, "position_ids": ids}),
+        "tokenized": datasets.Features({"input_ids": ids, "labels": ids}),
+    }
+
+
+def _gen_sft_rows(tunes: list[dict], cfg: ChatMusicianConfig, report: Report) -> Iterator[dict]:
+    yield from iter_sft(tunes, cfg, report)
+    if cfg.data.musicpile_sft_dir:
+        for where, row in _iter_rows(cfg.data.musicpile_sft_dir, report, "MusicPile-sft"):
+            checked = check_sft_row(row, report, where)
+            if checked:
+                # released rows carry no tune identity: split by the hash of the whole row text (valid_fraction 0:
+                # no hold-out, as released)
+                checked["split"] = split_of(checked["instruction"] + checked["input"] + checked["output"],
+                                            cfg.data.valid_fraction)
+                report["released_sft/kept"] += 1
+                yield checked
+
+
+def _gen_text_docs(tunes: list[dict], cfg: ChatMusicianConfig, report: Report) -> Iterator[dict]:
+    for t in tunes:  # a sentence of music text per kit tune (only when kit tunes are configured)
+        yield {"text": music_text(t), "split": t["split"], "src": "kit_text"}
+    vf = cfg.data.valid_fraction
+    for _, text in _iter_text_files(cfg.data.text_files, report):
+        yield {"text": text, "split": split_of(text, vf), "src": "text"}
+    if cfg.data.musicpile_dir:
+        for where, row in _iter_rows(cfg.data.musicpile_dir, report, "MusicPile"):
+            text = row.get("text")
+            if isinstance(text, str) and text.strip():
+                yield {"text": text, "split": split_of(text, vf), "src": str(row.get("src") or "musicpile")}
+            else:
+                report.reject("empty_text", where)
+
+
+def _gen_abc_docs(abc: list[str], reps: int, extra: list[int], split: str) -> Iterator[dict]:
+    for _ in range(reps):
+        for a in abc:
+            yield {"text": a, "split": split, "src": "kit_abc"}
+    for i in extra:
+        yield {"text": abc[i], "split": split, "src": "kit_abc"}
+
+
+def _tok_sft_batch(batch: dict, tokenizer, max_src_len: int, max_len: int) -> dict:
+    out: dict[str, list] = {"input_ids": [], "labels": [], "overlong": [], "has_target": []}
+    for ins, inp, outp in zip(batch["instruction"], batch["input"], batch["output"]):
+        s = tokenize_sft(tokenizer, {"instruction": ins, "input": inp, "output": outp}, max_src_len, max_len)
+        out["input_ids"].append(s["input_ids"])
+        out["labels"].append(s["labels"])
+        out["overlong"].append(bool(s["overlong"]))
+        out["has_target"].append(any(lab != IGNORE_INDEX for lab in s["labels"]))
+    return out
+
+
+def _tok_pretrain_batch(batch: dict, tokenizer, max_len: int) -> dict:
+    out: dict[str, list] = {"input_ids": [], "labels": [], "src": [], "doc_start": []}
+    for text, src in zip(batch["text"], batch["src"]):
+        for j, c in enumerate(tokenize_pretrain(tokenizer, text, max_len)):  # chunks of one document stay adjacent
+            out["input_ids"].append(c["input_ids"])
+            out["labels"].append(c["labels"])
+            out["src"].append(src)
+            out["doc_start"].append(j == 0)
+    return out
+
+
+def _pack_sft_batch(batch: dict, length: int) -> dict:
+    return pack_rows(batch["input_ids"], batch["labels"], length)
+
+
+def _pack_pretrain_batch(batch: dict, length: int) -> dict:
+    return pack_pretrain_blocks(batch["input_ids"], batch["labels"], batch["doc_start"], length)
+
+
+class _Maps:
+    """Batched maps/filters of one build: fresh fingerprints (nothing hashed, nothing reused from another build)
+    and ``num_proc`` only where the dataset is big enough to pay for the worker processes."""
+
+    def __init__(self, num_proc: int):
+        self.num_proc = num_proc
+        self.n = 0
+
+    def _fp(self) -> str:
+        self.n += 1
+        return f"cm-{uuid.uuid4().hex[:12]}-{self.n}"
+
+    def _np(self, ds) -> int | None:
+        return self.num_proc if self.num_proc > 1 and len(ds) >= 2 * MAP_BATCH else None
+
+    def map(self, ds, fn, features, batch_size: int = MAP_BATCH, **kw):
+        if not len(ds):  # datasets skips the function on 0 rows and would keep the input's columns
+            return _empty(features)
+        return ds.map(fn, batched=True, batch_size=batch_size, features=features, remove_columns=ds.column_names,
+                      num_proc=self._np(ds), new_fingerprint=self._fp(), **kw)
+
+    def split(self, ds, split: str):
+        return ds.filter(_is_split, batched=True, batch_size=10 * MAP_BATCH, input_columns="split",
+                         fn_kwargs={"split": split}, num_proc=self._np(ds), new_fingerprint=self._fp())
+
+    def keep(self, ds, truncate: bool):
+        return ds.filter(_keep_sft, batched=True, batch_size=10 * MAP_BATCH, input_columns=["overlong", "has_target"],
+                         fn_kwargs={"truncate": truncate}, num_proc=self._np(ds), new_fingerprint=self._fp())
+
+
+def _is_split(splits: list[str], split: str) -> list[bool]:
+    return [s == split for s in splits]
+
+
+def _keep_sft(overlong: list[bool], has_target: list[bool], truncate: bool) -> list[bool]:
+    return [h and (truncate or not o) for o, h in zip(overlong, has_target)]
+
+
+def _column_sum(ds, column: str, fn, batch: int = MAP_BATCH) -> int:
+    """Sum of ``fn(arrow column chunk)`` over ``ds`` read in batches (works through an indices mapping)."""
+    import pyarrow.compute as pc
+
+    total = 0
+    for t in ds.select_columns([column]).with_format("arrow").iter(batch_size=batch):
+        if t.num_rows:
+            total += pc.sum(fn(t.column(column))).as_py() or 0
+    return int(total)
+
+
+def _flags(ds, column: str):
+    """A boolean column as a numpy array (1 byte per row, not per token)."""
+    import numpy as np
+
+    parts = [t.column(column).to_numpy(zero_copy_only=False)
+             for t in ds.select_columns([column]).with_format("arrow").iter(batch_size=10 * MAP_BATCH) if t.num_rows]
+    return np.concatenate(parts).astype(bool) if parts else np.zeros(0, dtype=bool)
+
+
+def _write_jsonl(path: Path, ds, columns: list[str], batch: int = MAP_BATCH) -> int:
+    """``ds`` rows as jsonl, streamed in batches."""
     n = 0
-    with atomic_path(path) as tmp, open(tmp, "w") as f:
-        for r in rows:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-            n += 1
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        for b in ds.select_columns(columns).iter(batch_size=batch):
+            for vals in zip(*(b[c] for c in columns)):
+                f.write(json.dumps(dict(zip(columns, vals)), ensure_ascii=False) + "\n")
+                n += 1
     return n
 
 
+def _empty(features):
+    import datasets
+
+    return datasets.Dataset.from_dict({k: [] for k in features}, features=features)
+
+
+def _from_gen(gen, features, cache: Path, tag: str, writer_batch_size: int = MAP_BATCH, **kwargs):
+    """``Dataset.from_generator`` writing into ``cache`` under a fresh fingerprint. List arguments are passed as
+    tuples: ``datasets`` would take a list for shards and call the generator once per item."""
+    import datasets
+
+    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
+    try:
+        return datasets.Dataset.from_generator(gen, features=features, cache_dir=str(cache), gen_kwargs=kwargs,
+                                               fingerprint=f"{tag}-{uuid.uuid4().hex[:12]}",
+                                               writer_batch_size=writer_batch_size)
+    except datasets.exceptions.DatasetGenerationError as e:
+        # the generator raised: surface our own typed error (a missing input folder, a bad task name) as it was
+        raise (e.__cause__ or e) from None
+    except ValueError as e:
+        if "corresponds to no data" not in str(e):  # datasets' words for a generator that yielded no row
+            raise
+        return _empty(features)
+
+
 def build(cfg: ChatMusicianConfig) -> dict:
-    """Build both corpora, the tokenizer (when asked) and the tokenized arrow datasets. Returns the report dict."""
+    """Build both corpora (SFT and pretraining), the tokenizer (scratch models) and the packed arrow datasets into
+    ``data.out_dir``; returns the manifest written to ``report.json``. Memory stays bounded by a map batch: rows
+    stream from generators into arrow files, tokenising and packing are batched maps (``data.num_proc`` workers)."""
+    import datasets
+
+    if not sys.stderr.isatty():  # progress bars only on a terminal: a Slurm .out file gets the log lines
+        datasets.disable_progress_bars()
+    out = Path(cfg.data.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for left in out.glob(".build-*"):  # never removed here: another `chatmusician data` may be writing it
+        log.warning("data: %s was left by an interrupted build (or one is running); delete it when none is", left)
+    work = out / f".build-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    t0 = time.time()
+    try:
+        manifest = _build_into(cfg, work)
+        manifest["seconds"] = round(time.time() - t0, 1)
+        parts = ["sft", "pretrain"] + (["tokenizer"] if _trains_tokenizer(cfg) else [])
+        # install: the manifest goes first (a reader never pairs it with half-replaced parts) and comes back last
+        with contextlib.suppress(FileNotFoundError):
+            (out / "report.json").unlink()
+        for name in parts:
+            if (out / name).exists():
+                (out / name).rename(work / f"old-{name}")
+            (work / name).rename(out / name)
+        atomic_write_json(out / "report.json", manifest)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    c = manifest["counts"]
+    rejected = {k: v for k, v in c.items() if k.startswith("rejected/")}
+    log.info("data: %d tunes kept of %d; sft train/valid %d/%d samples; pretrain train/valid %d/%d chunks "
+             "(%d/%d tokens); rejected %s; %.0f s", c.get("tunes/kept", 0), c.get("tunes/read", 0),
+             c.get("sft/train/samples", 0), c.get("sft/valid/samples", 0), c.get("pretrain/train/samples", 0),
+             c.get("pretrain/valid/samples", 0), c.get("pretrain/train/tokens", 0), c.get("pretrain/valid/tokens", 0),
+             rejected or "none", manifest["seconds"])
+    for path, fc in manifest["files"].items():
+        log.warning("data: %s: %s", path, ", ".join(f"{k} {v}" for k, v in fc.items()))
+    return manifest
+
+
+def _build_into(cfg: ChatMusicianConfig, work: Path) -> dict:
     import datasets
 
     from .tokenization import load_tokenizer
 
-    out = Path(cfg.data.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    d = cfg.data
+    cache = work / "cache"
+    feats = _features()
+    maps = _Maps(resolve_num_proc(d.num_proc))
     report = Report()
-    tunes = prepare_tunes(load_tunes(cfg), cfg, report) if cfg.data.tunes != "none" else []
+    tunes = prepare_tunes(load_tunes(cfg), cfg, report) if d.tunes != "none" else []  # the kit: bounded, in memory
     for t in tunes:
         report[f"tunes/{t['split']}"] += 1
 
-    # SFT rows: generated from tunes, plus released MusicPile-sft rows when a folder is given
-    sft = generate_sft(tunes, cfg, report)
-    if cfg.data.musicpile_sft_dir:
-        for i, row in enumerate(read_rows(cfg.data.musicpile_sft_dir, report, "MusicPile-sft")):
-            checked = check_sft_row(row, report, f"{cfg.data.musicpile_sft_dir} row {i}")
-            if checked:
-                # released rows carry no tune identity: split by the hash of the whole row text
-                checked["split"] = split_of(checked["instruction"] + checked["input"] + checked["output"], cfg.data.valid_fraction)
-                sft.append(checked)
-
-    # pretraining documents: ABC tunes + music text
-    abc_docs = [(t["abc"], t["split"]) for t in tunes]
-    text_docs = [(music_text(t), t["split"]) for t in tunes]
-    extra = list(read_text_files(cfg.data.text_files, report)) if cfg.data.text_files else []
-    if cfg.data.musicpile_dir:
-        for i, row in enumerate(read_rows(cfg.data.musicpile_dir, report, "MusicPile")):
-            if isinstance(row.get("text"), str) and row["text"].strip():
-                extra.append(row["text"])
-            else:
-                report.reject("empty_text", f"{cfg.data.musicpile_dir} row {i}")
-    text_docs += [(d, split_of(d, cfg.data.valid_fraction)) for d in extra]
-    pretrain = {}
+    # rows -> arrow: SFT rows (kit tasks + released MusicPile-sft rows), pretraining documents
+    sft_rows = _from_gen(_gen_sft_rows, feats["sft_rows"], cache, "sft", tunes=tunes, cfg=cfg, report=report)
+    text_docs = _from_gen(_gen_text_docs, feats["docs"], cache, "text", writer_batch_size=DOC_BATCH, tunes=tunes,
+                          cfg=cfg, report=report)
+    docs = {}
     for split in ("train", "valid"):
-        docs = mix_pretrain([d for d, s in abc_docs if s == split], [d for d, s in text_docs if s == split],
-                            cfg.data.abc_text_ratio, cfg.run.seed)
-        pretrain[split] = [{"text": d} for d in docs]
+        part = maps.split(text_docs, split)
+        abc = [t["abc"] for t in tunes if t["split"] == split]
+        # characters of text: only needed to mix kit ABC in (MusicPile alone: no extra pass over the text)
+        text_chars = _column_sum(part, "text", _utf8_length, DOC_BATCH) if abc and 0 < d.abc_text_ratio < 1 else 0
+        reps, extra = abc_selection([len(a) for a in abc], text_chars, d.abc_text_ratio, d.seed)
+        pieces = [] if d.abc_text_ratio >= 1.0 and abc else [part]
+        if reps or extra:
+            pieces.append(_from_gen(_gen_abc_docs, feats["docs"], cache, f"abc-{split}", abc=abc, reps=reps,
+                                    extra=extra, split=split))
+        pieces = [p for p in pieces if len(p)]
+        both = datasets.concatenate_datasets(pieces) if pieces else _empty(feats["docs"])
+        docs[split] = both.shuffle(seed=d.seed) if len(both) else both  # documents in random order before packing
+        report[f"pretrain/{split}/docs"] += len(docs[split])
 
-    # tokenizer: train one on the corpus for scratch models
-    tok_dir = Path(tokenizer_source(cfg))
-    if cfg.tokenizer.train or (cfg.model.init == "scratch" and not cfg.model.tokenizer):
-        corpus = [r["instruction"] + r["input"] + r["output"] for r in sft] + [d["text"] for d in pretrain["train"]]
-        tok = train_tokenizer(corpus, cfg.tokenizer.vocab_size)
+    # tokenizer: a small BPE trained on the corpus for scratch models (texts streamed in batches)
+    tok_dir = work / "tokenizer" if _trains_tokenizer(cfg) else Path(tokenizer_source(cfg))
+    if _trains_tokenizer(cfg):
+        tok = train_tokenizer(_tokenizer_texts(sft_rows, docs["train"]), cfg.tokenizer.vocab_size)
         tok.save_pretrained(str(tok_dir))
+    elif not tok_dir.is_dir():
+        raise FileNotFoundError(f"{tok_dir}: tokenizer folder not found (model.tokenizer / model.name_or_path)")
     tok = load_tokenizer(str(tok_dir))
+    pack_ok = cfg.pack.length >= d.max_len
 
-    for stage, splits in (("sft", {s: [r for r in sft if r["split"] == s] for s in ("train", "valid")}), ("pretrain", pretrain)):
-        dd = {}
-        for split, rows in splits.items():
-            _write_jsonl(out / stage / f"{split}.jsonl", rows)
-            toks = []
-            for r in rows:
-                if stage == "sft":
-                    s = tokenize_sft(tok, r, cfg.data.max_src_len, cfg.data.max_len)
-                    if s.pop("overlong"):
-                        if cfg.data.overlong == "drop":
-                            report.reject("overlong", f"{stage}/{split} row id={r.get('id')} ({r.get('src')})")
-                            continue
-                        report["truncated/overlong"] += 1
-                    if not any(lab != -100 for lab in s["labels"]):
-                        report.reject("no_target_tokens", f"{stage}/{split} id={r.get('id')}")
-                        continue
-                    s["src"] = r.get("src", "")
-                    toks.append(s)
-                else:
-                    chunks = tokenize_pretrain(tok, r["text"], cfg.data.max_len)
-                    report["pretrain/chunked_docs"] += int(len(chunks) > 1)
-                    toks += [{**c, "src": "text"} for c in chunks]
-            report[f"{stage}/{split}/samples"] += len(toks)
-            report[f"{stage}/{split}/tokens"] += sum(len(s["input_ids"]) for s in toks)
-            dd[split] = datasets.Dataset.from_list(toks) if toks else datasets.Dataset.from_dict(
-                {"input_ids": [], "labels": [], "src": []})
-        final = out / stage / "tokenized"
-        tmp = out / stage / ".tokenized.tmp"
-        datasets.DatasetDict(dd).save_to_disk(str(tmp))
-        if final.exists():
-            import shutil
+    # SFT: tokenise (released truncation), drop or truncate over-long rows, shuffle, pack next-fit
+    tokd, packd = {}, {}
+    for split in ("train", "valid"):
+        part = maps.split(sft_rows, split)
+        _write_jsonl(work / "sft" / f"{split}.jsonl", part, ["instruction", "input", "output", "src", "id", "split"])
+        t = _empty(feats["sft_tok"]) if not len(part) else part.map(
+            _tok_sft_batch, batched=True, batch_size=MAP_BATCH, features=feats["sft_tok"], num_proc=maps._np(part),
+            remove_columns=["instruction", "input", "output", "split"], new_fingerprint=maps._fp(),
+            fn_kwargs={"tokenizer": tok, "max_src_len": d.max_src_len, "max_len": d.max_len})
+        overlong, has_target = _flags(t, "overlong"), _flags(t, "has_target")
+        _report_sft(report, t, split, overlong, has_target, d.overlong)
+        kept = maps.keep(t, d.overlong == "truncate").remove_columns(["overlong", "has_target", "id"])
+        report[f"sft/{split}/samples"] += len(kept)
+        report[f"sft/{split}/tokens"] += _column_sum(kept, "input_ids", _list_length)
+        for src, n in _value_counts(kept, "src").items():
+            report[f"sft/{split}/task/{src}"] += n
+        tokd[split] = kept
+        if pack_ok:
+            shuffled = kept.shuffle(seed=d.seed) if len(kept) else kept
+            packd[split] = maps.map(shuffled.select_columns(["input_ids", "labels"]), _pack_sft_batch,
+                                    feats["packed"], fn_kwargs={"length": cfg.pack.length})
+            report[f"sft/{split}/packed_rows"] += len(packd[split])
+    _save(work / "sft", tokd, packd)
 
-            shutil.rmtree(final)
-        tmp.rename(final)
-    for r in sft:
-        report[f"sft/{r['split']}/task/{r['src']}"] += 1
-    result = {"fingerprint": data_fingerprint(cfg), "tokenizer": str(tok_dir), "counts": dict(sorted(report.items()))}
-    atomic_write_json(out / "report.json", result)
-    rejected = {k: v for k, v in report.items() if k.startswith("rejected/")}
-    log.info("data: %d tunes kept of %d; sft train/valid %d/%d samples; pretrain train/valid %d/%d; rejected %s",
-             report["tunes/kept"], report["tunes/read"], report["sft/train/samples"], report["sft/valid/samples"],
-             report["pretrain/train/samples"], report["pretrain/valid/samples"], rejected or "none")
-    return result
+    # pretraining: documents + EOS, chunks of max_len (unpacked) and blocks of pack.length with document-aware labels
+    tokd, packd = {}, {}
+    for split in ("train", "valid"):
+        _write_jsonl(work / "pretrain" / f"{split}.jsonl", docs[split], ["text"], DOC_BATCH)
+        t = maps.map(docs[split], _tok_pretrain_batch, feats["pt_tok"], batch_size=DOC_BATCH,
+                     fn_kwargs={"tokenizer": tok, "max_len": d.max_len})
+        starts = _flags(t, "doc_start")
+        report["pretrain/chunked_docs"] += int((~starts[1:] & starts[:-1]).sum()) if len(starts) > 1 else 0
+        report[f"pretrain/{split}/samples"] += len(t)
+        report[f"pretrain/{split}/tokens"] += _column_sum(t, "input_ids", _list_length)
+        tokd[split] = t.remove_columns(["doc_start"])
+        if pack_ok:
+            packd[split] = maps.map(t.select_columns(["input_ids", "labels", "doc_start"]), _pack_pretrain_batch,
+                                    feats["packed"], fn_kwargs={"length": cfg.pack.length})
+            report[f"pretrain/{split}/packed_rows"] += len(packd[split])
+    _save(work / "pretrain", tokd, packd)
+
+    return {"fingerprint": data_fingerprint(cfg), "tokenizer": tokenizer_source(cfg),
+            "tokenizer_id": tokenizer_id(tok_dir), "pack_length": cfg.pack.length if pack_ok else None,
+            "data_version": DATA_VERSION, "inputs": inputs_signature(cfg), "command": data_command(cfg),
+            "counts": dict(sorted(report.items())),
+            "files": {p: dict(c) for p, c in report.files.items() if set(c) - {"rows"}}}  # files with a problem
 
 
-def ensure_built(cfg: ChatMusicianConfig) -> dict:
-    """The corpus report; (re)builds when missing or built from another data config."""
-    rep = Path(cfg.data.out_dir) / "report.json"
-    if rep.exists():
-        r = json.loads(rep.read_text())
-        if r.get("fingerprint") == data_fingerprint(cfg):
-            return r
-        if not cfg.data.build_if_missing:
-            raise RuntimeError(f"{rep}: corpus was built from another data config; run `chatmusician data` again")
-    elif not cfg.data.build_if_missing:
-        raise FileNotFoundError(f"{rep}: no corpus; run `chatmusician data --config ...` first")
-    return build(cfg)
+def _utf8_length(col):
+    import pyarrow.compute as pc
+
+    return pc.utf8_length(col)
+
+
+def _list_length(col):
+    import pyarrow.compute as pc
+
+    return pc.list_value_length(col)
+
+
+def _value_counts(ds, column: str) -> collections.Counter:
+    import pyarrow.compute as pc
+
+    c: collections.Counter = collections.Counter()
+    for t in ds.select_columns([column]).with_format("arrow").iter(batch_size=10 * MAP_BATCH):
+        for vc in pc.value_counts(t.column(column)).to_pylist():
+            c[vc["values"]] += vc["counts"]
+    return c
+
+
+def _report_sft(report: Report, t, split: str, overlong, has_target, mode: str) -> None:
+    """Counts (and the first few ids) of over-long rows (dropped, or counted as truncated) and of rows with no
+    target token left, as the per-row loop counted them: over-long first, then no target."""
+    import numpy as np
+
+    if mode == "truncate":
+        report["truncated/overlong"] += int(overlong.sum())
+        masks = (("no_target_tokens", ~has_target),)
+    else:
+        masks = (("overlong", overlong), ("no_target_tokens", ~overlong & ~has_target))
+    for name, mask in masks:
+        n = int(mask.sum())
+        if n:
+            ids = sorted(set(t.select(np.flatnonzero(mask)[:5].tolist())["id"]))
+            report.reject(name, n=n, where=f"sft/{split} ids {ids}" + (" ..." if n > 5 else ""))
+
+
+def _tokenizer_texts(sft_rows, train_docs) -> Iterator[str]:
+    for b in sft_rows.select_columns(["instruction", "input", "output"]).iter(batch_size=MAP_BATCH):
+        for a, b2, c in zip(b["instruction"], b["input"], b["output"]):
+            yield a + b2 + c
+    for b in train_docs.select_columns(["text"]).iter(batch_size=DOC_BATCH):
+        yield from b["text"]
+
+
+def _save(folder: Path, tokd: dict, packd: dict) -> None:
+    """``save_to_disk`` of the non-empty splits (datasets 5 cannot load back a split saved with no rows;
+    :func:`open_split` gives an empty dataset for a split that is not there)."""
+    import datasets
+
+    for name, dd in (("tokenized", tokd), ("packed", packd)):
+        if name == "tokenized" or packd:
+            datasets.DatasetDict({k: v for k, v in dd.items() if len(v)}).save_to_disk(str(folder / name))

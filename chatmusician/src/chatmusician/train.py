@@ -16,7 +16,6 @@ newest complete checkpoint; SIGUSR1/SIGTERM saves a checkpoint and stops (Slurm 
 from __future__ import annotations
 
 import importlib.util
-import json
 import logging
 import math
 import os
@@ -118,12 +117,15 @@ def apply_lora(model, lcfg: LoraConfig):
 def deepspeed_dict(ds: DeepSpeedConfig, precision: str) -> dict:
     """The DeepSpeed config rendered from the ``deepspeed`` section ("auto" values are filled by the Trainer).
 
-    Stage 2 mirrors the released ds_zero2_no_offload.json, stage 3 ds_zero3_offload.json. The optimizer is the
-    Trainer's torch AdamW (no ``optimizer`` block), so no DeepSpeed op is JIT-compiled for it.
+    Stage 2 mirrors the released ds_zero2_no_offload.json (which sets only the stage: DeepSpeed's defaults written
+    out), stage 3 ds_zero3_offload.json (buckets 1e7, 1e9 live/reuse, persistence threshold 1e5, sub-groups 1e9) with
+    the values taken from the ``deepspeed`` section, never "auto", so the run does not depend on the Trainer's
+    hidden-size-based fill-ins. The optimizer is the Trainer's torch AdamW (no ``optimizer`` block), so no DeepSpeed
+    op is JIT-compiled for it; the released schedule is the Trainer's (``optim.schedule=released``).
     """
     zero: dict = {
         "stage": ds.stage,
-        "overlap_comm": True,
+        "overlap_comm": ds.overlap_comm if ds.overlap_comm is not None else ds.stage == 3,  # DeepSpeed's default
         "contiguous_gradients": True,
         "reduce_bucket_size": int(ds.reduce_bucket_size),
     }
@@ -133,8 +135,10 @@ def deepspeed_dict(ds: DeepSpeedConfig, precision: str) -> dict:
         zero["reduce_scatter"] = True
     else:
         zero["stage3_max_live_parameters"] = int(ds.stage3_max_live_parameters)
+        zero["stage3_max_reuse_distance"] = int(ds.stage3_max_reuse_distance)
         zero["stage3_prefetch_bucket_size"] = int(ds.stage3_prefetch_bucket_size)
-        zero["stage3_param_persistence_threshold"] = "auto"
+        zero["stage3_param_persistence_threshold"] = int(ds.stage3_param_persistence_threshold)
+        zero["sub_group_size"] = int(ds.sub_group_size)
         zero["stage3_gather_16bit_weights_on_model_save"] = True  # consolidated weights on save (released)
     if ds.offload_optimizer == "cpu":
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
@@ -147,7 +151,8 @@ def deepspeed_dict(ds: DeepSpeedConfig, precision: str) -> dict:
         "gradient_clipping": "auto",
         "zero_optimization": zero,
         "zero_force_ds_cpu_optimizer": False,  # a torch optimizer with CPU offload is fine (and needs no JIT op)
-        "steps_per_print": 10**9,
+        "prescale_gradients": False,  # released
+        "steps_per_print": 10**9,  # released 20; the LineLogCallback logs instead
         "wall_clock_breakdown": False,
     }
     if precision == "fp16":
@@ -188,6 +193,52 @@ def cosine_lr_lambda(total_steps: int, warmup_ratio: float, min_ratio: float = 0
     return f
 
 
+def optimizer_state_summary(optimizer, lr_scheduler) -> dict:
+    """What a resume restores, in a few numbers: AdamW's step count (first parameter with state), the float64 sums
+    of ``exp_avg`` and ``exp_avg_sq`` over every parameter's state, the scheduler's step and current learning rate.
+
+    Also computed by the tests from a checkpoint's ``optimizer.pt``/``scheduler.pt``: equal numbers at the start of a
+    relaunch prove the optimizer and scheduler were restored (a fresh start has no AdamW state: step 0, sums 0)."""
+    opt = getattr(optimizer, "optimizer", optimizer)  # accelerate / DeepSpeed wrap the torch optimizer
+    states = [s for s in getattr(opt, "state", {}).values() if isinstance(s, dict) and "exp_avg" in s]
+    out = {
+        "adam_step": float(states[0]["step"]) if states else 0.0,
+        "exp_avg_sum": float(sum(s["exp_avg"].double().sum() for s in states)) if states else 0.0,
+        "exp_avg_sq_sum": float(sum(s["exp_avg_sq"].double().sum() for s in states)) if states else 0.0,
+        "lr_scheduler_step": getattr(lr_scheduler, "last_epoch", None),
+    }
+    lrs = lr_scheduler.get_last_lr() if lr_scheduler is not None and hasattr(lr_scheduler, "get_last_lr") else None
+    out["lr"] = float(lrs[0]) if lrs else None
+    return out
+
+
+def _start_state_callback(start_state: dict):
+    """A callback filling ``start_state`` at ``on_train_begin``, i.e. after the Trainer restored the checkpoint of
+    ``train(resume_from_checkpoint=...)``: the step it resumed at and :func:`optimizer_state_summary`."""
+    from transformers import TrainerCallback
+
+    class StartState(TrainerCallback):
+        def on_train_begin(self, args, state, control, optimizer=None, lr_scheduler=None, **kwargs):
+            start_state.update(global_step=int(state.global_step), **optimizer_state_summary(optimizer, lr_scheduler))
+            log.info("training starts at step %d (AdamW step %d, scheduler step %s)", state.global_step,
+                     start_state["adam_step"], start_state["lr_scheduler_step"])
+
+    return StartState()
+
+
+def zero_info(trainer) -> dict | None:
+    """Stage of the DeepSpeed engine, its optimizer class and how many fp32 elements that optimizer holds in its
+    partition (None without DeepSpeed): evidence that ZeRO engaged, not just that a config file was written."""
+    eng = getattr(trainer, "model_wrapped", None)
+    if eng is None or not hasattr(eng, "zero_optimization_stage"):
+        return None
+    opt = eng.optimizer
+    flat = getattr(opt, "single_partition_of_fp32_groups", None) or getattr(opt, "fp32_partitioned_groups_flat", None)
+    return {"stage": int(eng.zero_optimization_stage()), "optimizer": type(opt).__name__,
+            "partitioned_fp32_numel": int(sum(t.numel() for t in flat)) if flat else 0,
+            "offload_optimizer": bool(getattr(opt, "cpu_offload", False) or getattr(opt, "offload_optimizer", False))}
+
+
 def _trainer_class():
     from transformers import Trainer
 
@@ -217,30 +268,11 @@ def _trainer_class():
 
 
 def load_split(cfg: ChatMusicianConfig, split: str):
-    """Tokenized samples of ``data.stage`` (list of dicts), packed into rows when ``pack.enabled``."""
-    import datasets
+    """Rows of ``data.stage`` prepared by ``chatmusician data`` (packed when ``pack.enabled``), memory-mapped.
+    Raises ``CorpusError`` (missing or stale corpus, with the command that builds it); never builds."""
+    from .data import open_split
 
-    from .tokenization import pack_samples
-
-    path = Path(cfg.data.out_dir) / cfg.data.stage / "tokenized"
-    dd = datasets.load_from_disk(str(path))
-    ds = dd[split].remove_columns([c for c in dd[split].column_names if c not in {"input_ids", "labels"}])
-    if cfg.pack.enabled:
-        rows = pack_samples(ds.to_list(), cfg.pack.length, seed=cfg.run.seed)
-        return datasets.Dataset.from_list(rows) if rows else ds
-    return ds
-
-
-def _wait_for_data(cfg: ChatMusicianConfig, timeout: float = 3600) -> None:
-    from .data import data_fingerprint
-
-    rep = Path(cfg.data.out_dir) / "report.json"
-    fp = data_fingerprint(cfg)
-    t0 = time.monotonic()
-    while not (rep.exists() and json.loads(rep.read_text()).get("fingerprint") == fp):
-        if time.monotonic() - t0 > timeout:
-            raise TimeoutError(f"{rep}: rank 0 did not build the corpus within {timeout:.0f} s")
-        time.sleep(2)
+    return open_split(cfg, split)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -252,10 +284,13 @@ def train(cfg: ChatMusicianConfig) -> dict:
     from musiccore.hf import LineLogCallback, PreemptionCallback, last_checkpoint, setup_logging
     from transformers import TrainingArguments
 
-    from .data import ensure_built, tokenizer_source
-    from .tokenization import Collator, load_tokenizer
+    from .data import check_corpus, tokenizer_source
+    from .tokenization import Collator, load_tokenizer, save_tokenizer
 
     rank, local_rank, world = rank_info()
+    # every rank checks the prepared corpus before anything is written: a missing or stale one is a one-line error
+    # naming the `chatmusician data` command (no rank builds data: that is its own step, e.g. a Slurm job)
+    check_corpus(cfg)
     if cfg.trainer.cpu_threads > 0 and not torch.cuda.is_available():
         torch.set_num_threads(cfg.trainer.cpu_threads)
     if not os.isatty(2):  # no progress bars in Slurm .out files
@@ -270,10 +305,6 @@ def train(cfg: ChatMusicianConfig) -> dict:
             time.sleep(1)
     setup_logging(run_dir, rank)
     log.info("run folder %s (rank %d/%d)", run_dir, rank, world)
-    if local_rank == 0:
-        ensure_built(cfg)
-    else:
-        _wait_for_data(cfg)
 
     tok = load_tokenizer(tokenizer_source(cfg))
     precision = resolve_precision(cfg)
@@ -287,7 +318,7 @@ def train(cfg: ChatMusicianConfig) -> dict:
             base_path = str(run_dir / "base")
             if rank == 0 and not (run_dir / "base" / "config.json").exists():
                 model.save_pretrained(base_path)
-                tok.save_pretrained(base_path)
+                save_tokenizer(tok, base_path)  # + tokenizer.model: released encoding
         model = apply_lora(model, cfg.lora)
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     n_all = sum(p.numel() for p in model.parameters())
@@ -342,6 +373,7 @@ def train(cfg: ChatMusicianConfig) -> dict:
     )
     items = cfg.pack.length * t.micro_batch * t.grad_accum * world if cfg.pack.enabled else None
     preempt = PreemptionCallback()
+    start_state: dict = {}
     cls = _trainer_class()
     trainer = cls(
         model=model,
@@ -350,7 +382,7 @@ def train(cfg: ChatMusicianConfig) -> dict:
         eval_dataset=eval_ds,
         data_collator=Collator(pad_id=tok.pad_token_id),
         callbacks=[LineLogCallback(items_per_step=items, unit="tokens" if items else "samples",
-                                   metrics_file=run_dir / "metrics.jsonl"), preempt],
+                                   metrics_file=run_dir / "metrics.jsonl"), preempt, _start_state_callback(start_state)],
     )
     trainer.cm_cfg = cfg
     from transformers.trainer_callback import PrinterCallback
@@ -365,7 +397,11 @@ def train(cfg: ChatMusicianConfig) -> dict:
         "run_dir": str(run_dir),
         "global_step": trainer.state.global_step,
         "train_loss": result.training_loss,
-        "resumed_from": resume,
+        # what the Trainer actually restored (read at on_train_begin), not what was found on disk before training
+        "resumed_from": resume if start_state.get("global_step", 0) > 0 else None,
+        "resumed_step": start_state.get("global_step", 0),
+        "start_state": start_state,
+        "zero": zero_info(trainer),
         "preempted": preempt.preempted,
         "seconds": time.time() - t0,
     }
@@ -373,7 +409,7 @@ def train(cfg: ChatMusicianConfig) -> dict:
         final = run_dir / "final"
         trainer.save_model(str(final))
         if rank == 0:
-            tok.save_pretrained(str(final))
+            save_tokenizer(tok, final)  # + tokenizer.model: chat encodes like the training data
             atomic_write_json(final / "chatmusician.json", {"lora": cfg.lora.enabled, "base": base_path,
                                                               "config": to_dict(cfg)})
         summary["final"] = str(final)
