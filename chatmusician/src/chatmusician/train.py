@@ -193,52 +193,6 @@ def cosine_lr_lambda(total_steps: int, warmup_ratio: float, min_ratio: float = 0
     return f
 
 
-def optimizer_state_summary(optimizer, lr_scheduler) -> dict:
-    """What a resume restores, in a few numbers: AdamW's step count (first parameter with state), the float64 sums
-    of ``exp_avg`` and ``exp_avg_sq`` over every parameter's state, the scheduler's step and current learning rate.
-
-    Also computed by the tests from a checkpoint's ``optimizer.pt``/``scheduler.pt``: equal numbers at the start of a
-    relaunch prove the optimizer and scheduler were restored (a fresh start has no AdamW state: step 0, sums 0)."""
-    opt = getattr(optimizer, "optimizer", optimizer)  # accelerate / DeepSpeed wrap the torch optimizer
-    states = [s for s in getattr(opt, "state", {}).values() if isinstance(s, dict) and "exp_avg" in s]
-    out = {
-        "adam_step": float(states[0]["step"]) if states else 0.0,
-        "exp_avg_sum": float(sum(s["exp_avg"].double().sum() for s in states)) if states else 0.0,
-        "exp_avg_sq_sum": float(sum(s["exp_avg_sq"].double().sum() for s in states)) if states else 0.0,
-        "lr_scheduler_step": getattr(lr_scheduler, "last_epoch", None),
-    }
-    lrs = lr_scheduler.get_last_lr() if lr_scheduler is not None and hasattr(lr_scheduler, "get_last_lr") else None
-    out["lr"] = float(lrs[0]) if lrs else None
-    return out
-
-
-def _start_state_callback(start_state: dict):
-    """A callback filling ``start_state`` at ``on_train_begin``, i.e. after the Trainer restored the checkpoint of
-    ``train(resume_from_checkpoint=...)``: the step it resumed at and :func:`optimizer_state_summary`."""
-    from transformers import TrainerCallback
-
-    class StartState(TrainerCallback):
-        def on_train_begin(self, args, state, control, optimizer=None, lr_scheduler=None, **kwargs):
-            start_state.update(global_step=int(state.global_step), **optimizer_state_summary(optimizer, lr_scheduler))
-            log.info("training starts at step %d (AdamW step %d, scheduler step %s)", state.global_step,
-                     start_state["adam_step"], start_state["lr_scheduler_step"])
-
-    return StartState()
-
-
-def zero_info(trainer) -> dict | None:
-    """Stage of the DeepSpeed engine, its optimizer class and how many fp32 elements that optimizer holds in its
-    partition (None without DeepSpeed): evidence that ZeRO engaged, not just that a config file was written."""
-    eng = getattr(trainer, "model_wrapped", None)
-    if eng is None or not hasattr(eng, "zero_optimization_stage"):
-        return None
-    opt = eng.optimizer
-    flat = getattr(opt, "single_partition_of_fp32_groups", None) or getattr(opt, "fp32_partitioned_groups_flat", None)
-    return {"stage": int(eng.zero_optimization_stage()), "optimizer": type(opt).__name__,
-            "partitioned_fp32_numel": int(sum(t.numel() for t in flat)) if flat else 0,
-            "offload_optimizer": bool(getattr(opt, "cpu_offload", False) or getattr(opt, "offload_optimizer", False))}
-
-
 def _trainer_class():
     from transformers import Trainer
 
@@ -281,7 +235,8 @@ def load_split(cfg: ChatMusicianConfig, split: str):
 
 def train(cfg: ChatMusicianConfig) -> dict:
     """Train per ``cfg``; returns a summary (run dir, steps, final loss, path of the saved model)."""
-    from musiccore.hf import LineLogCallback, PreemptionCallback, last_checkpoint, setup_logging
+    from musiccore.hf import (LineLogCallback, PreemptionCallback, StartStateCallback, last_checkpoint, setup_logging,
+                             zero_info)
     from transformers import TrainingArguments
 
     from .data import check_corpus, tokenizer_source
@@ -382,7 +337,7 @@ def train(cfg: ChatMusicianConfig) -> dict:
         eval_dataset=eval_ds,
         data_collator=Collator(pad_id=tok.pad_token_id),
         callbacks=[LineLogCallback(items_per_step=items, unit="tokens" if items else "samples",
-                                   metrics_file=run_dir / "metrics.jsonl"), preempt, _start_state_callback(start_state)],
+                                   metrics_file=run_dir / "metrics.jsonl"), preempt, StartStateCallback(start_state)],
     )
     trainer.cm_cfg = cfg
     from transformers.trainer_callback import PrinterCallback

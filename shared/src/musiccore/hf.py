@@ -183,3 +183,52 @@ def resolve_precision(precision: str) -> str:
     if torch.cuda.is_available():
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     return "fp32"
+
+
+def optimizer_state_summary(optimizer, lr_scheduler, moments: bool = True) -> dict:
+    """What a resume restores, in a few numbers: AdamW's step count (first parameter with state), the scheduler's
+    step, and with ``moments`` the float64 sums of ``exp_avg``/``exp_avg_sq`` over every parameter and the current
+    learning rate.
+
+    Tests compute the same numbers from a checkpoint's ``optimizer.pt``/``scheduler.pt``: equal numbers at the start
+    of a relaunch prove the optimizer and scheduler were restored (a fresh start has AdamW step 0 and zero moments)."""
+    opt = getattr(optimizer, "optimizer", optimizer)  # accelerate / DeepSpeed wrap the torch optimizer
+    states = [s for s in getattr(opt, "state", {}).values() if isinstance(s, dict) and "step" in s]
+    out: dict = {"adam_step": float(states[0]["step"]) if states else 0.0,
+                 "lr_scheduler_step": getattr(lr_scheduler, "last_epoch", None)}  # fmt: skip
+    if moments:
+        adam = [s for s in states if "exp_avg" in s]
+        out["exp_avg_sum"] = float(sum(s["exp_avg"].double().sum() for s in adam)) if adam else 0.0
+        out["exp_avg_sq_sum"] = float(sum(s["exp_avg_sq"].double().sum() for s in adam)) if adam else 0.0
+        lrs = lr_scheduler.get_last_lr() if lr_scheduler is not None and hasattr(lr_scheduler, "get_last_lr") else None
+        out["lr"] = float(lrs[0]) if lrs else None
+    return out
+
+
+class StartStateCallback(TrainerCallback):
+    """Fills ``start_state`` at ``on_train_begin``, i.e. after the Trainer restored the checkpoint of
+    ``train(resume_from_checkpoint=...)``: ``global_step`` and :func:`optimizer_state_summary`. What a run records
+    here is what only a real resume can show (a restart from scratch starts at step 0 with empty AdamW state)."""
+
+    def __init__(self, start_state: dict, moments: bool = True):
+        self.start_state = start_state
+        self.moments = moments
+
+    def on_train_begin(self, args, state, control, optimizer=None, lr_scheduler=None, **kwargs):
+        self.start_state.update(optimizer_state_summary(optimizer, lr_scheduler, self.moments),
+                                global_step=int(state.global_step))  # fmt: skip
+        log.info("training starts at step %d (AdamW step %d, scheduler step %s)", state.global_step,
+                 self.start_state["adam_step"], self.start_state["lr_scheduler_step"])  # fmt: skip
+
+
+def zero_info(trainer) -> dict | None:
+    """Stage of the DeepSpeed engine, its optimizer class, the fp32 elements that optimizer holds in its partition and
+    whether it offloads (None without DeepSpeed): evidence that ZeRO engaged, not just that a config was written."""
+    eng = getattr(trainer, "model_wrapped", None)
+    if eng is None or not hasattr(eng, "zero_optimization_stage"):
+        return None
+    opt = eng.optimizer
+    flat = getattr(opt, "single_partition_of_fp32_groups", None) or getattr(opt, "fp32_partitioned_groups_flat", None)
+    return {"stage": int(eng.zero_optimization_stage()), "optimizer": type(opt).__name__,
+            "partitioned_fp32_numel": int(sum(t.numel() for t in flat)) if flat else 0,
+            "offload_optimizer": bool(getattr(opt, "cpu_offload", False) or getattr(opt, "offload_optimizer", False))}

@@ -166,48 +166,19 @@ def build_model(cfg: LMTrainConfig, tok, attn: str, dtype: torch.dtype):
     return model
 
 
-def _optimizer_state(optimizer, lr_scheduler) -> dict:
-    """What a resume restores: AdamW's step count (first parameter with state) and the scheduler's step."""
-    out: dict = {"lr_scheduler_step": getattr(lr_scheduler, "last_epoch", None)}
-    opt = getattr(optimizer, "optimizer", optimizer)  # accelerate wraps the torch optimizer
-    steps = [float(s["step"]) for s in getattr(opt, "state", {}).values() if isinstance(s, dict) and "step" in s]
-    out["adam_step"] = steps[0] if steps else 0.0
-    return out
-
-
 def _callbacks(run_dir: Path, items: int, start_state: dict):
-    from transformers import TrainerCallback
-
-    from musiccore.hf import LineLogCallback, PreemptionCallback
-
-    class StartState(TrainerCallback):
-        """Records the optimizer/scheduler state the loop starts from (after a resume: the checkpoint's)."""
-
-        def on_train_begin(self, args, state, control, optimizer=None, lr_scheduler=None, **kw):
-            start_state.update(_optimizer_state(optimizer, lr_scheduler), global_step=state.global_step)
-            log.info("training starts at step %d: optimizer %s", state.global_step, start_state)
+    from musiccore.hf import LineLogCallback, PreemptionCallback, StartStateCallback
 
     preempt = PreemptionCallback()
     return [LineLogCallback(items_per_step=items, unit="tokens", metrics_file=run_dir / "metrics.jsonl"), preempt,
-            StartState()], preempt  # fmt: skip
-
-
-def _zero_info(trainer) -> dict | None:
-    """Stage of the DeepSpeed engine and how its optimizer holds the fp32 state (None without DeepSpeed)."""
-    eng = getattr(trainer, "model_wrapped", None)
-    if eng is None or not hasattr(eng, "zero_optimization_stage"):
-        return None
-    opt = eng.optimizer
-    flat = getattr(opt, "single_partition_of_fp32_groups", None) or getattr(opt, "fp32_partitioned_groups_flat", None)
-    return {"stage": int(eng.zero_optimization_stage()), "optimizer": type(opt).__name__,
-            "partitioned_fp32_numel": int(sum(t.numel() for t in flat)) if flat else 0}  # fmt: skip
+            StartStateCallback(start_state, moments=False)], preempt  # fmt: skip
 
 
 def train(cfg: LMTrainConfig) -> dict:
     """Train per ``cfg``; returns the summary (also ``<run>/summary.json``)."""
     from transformers import Trainer, TrainingArguments
 
-    from musiccore.hf import last_checkpoint, setup_logging
+    from musiccore.hf import last_checkpoint, setup_logging, zero_info
 
     rank, local_rank, world = rank_info()
     if cfg.trainer.cpu_threads > 0 and not torch.cuda.is_available():
@@ -338,7 +309,7 @@ def train(cfg: LMTrainConfig) -> dict:
     summary = {
         "run_dir": str(run_dir), "task": cfg.task, "global_step": trainer.state.global_step,
         "train_loss": result.training_loss, "resumed_from": resume, "preempted": preempt.preempted,
-        "seconds": time.time() - t0, "start_state": start_state, "zero": _zero_info(trainer),
+        "seconds": time.time() - t0, "start_state": start_state, "zero": zero_info(trainer),
         "train_songs": len(train_songs), "documents_by_mode": dict(stream.mode_counts),
         "final_mix": {"weights": w_end, "icl_share": icl_end},
     }  # fmt: skip
