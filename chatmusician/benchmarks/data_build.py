@@ -4,11 +4,11 @@ Generates a synthetic MusicPile-shaped corpus once (parquet shards with ``id``, 
 and general text of varied length, and ABC tunes, under the source names of the MusicPile card), then runs the
 real build (``chatmusician data --config configs/pretrain_7b.yaml``: MusicPile alone, documents + EOS cut into
 2048-token blocks) in a subprocess per input size, sampling the memory of the build process and all its children
-(the ``data.num_proc`` map workers) every 0.1 s. Prints one table: input size, documents, tokens, seconds, peak RSS and
-peak anonymous memory (proportional set size of anonymous pages: memory-mapped arrow pages, which the kernel
-can drop at will, are file-backed and left out; pages a forked worker shares with its parent are counted once), each
-with its ratio to the smallest size. Target (issue 13): peak memory within 2x while the input
-grows 10x.
+(the ``data.num_proc`` map workers) every 0.1 s. Prints one table: input size, documents, tokens, seconds, peak RSS
+summed over the processes, PSS total (shared pages split between the processes that map them), PSS of anonymous pages
+(memory-mapped arrow pages, which the kernel can drop at will, are file-backed and left out) and the largest RSS of a
+single process, each with its ratio to the smallest size. Target (issue 13): peak memory within 2x while the input
+grows 10x, judged on anonymous PSS (what can OOM); the table says which figure is judged and why.
 
     python benchmarks/data_build.py                       # 0.1, 0.5 and 1 GB of text (tens of minutes on 2 cores)
     python benchmarks/data_build.py --scale 0.1           # 10, 50, 100 MB: a quick run of the same shape
@@ -121,20 +121,20 @@ def generate(folder: Path, total_bytes: int, shard_bytes: int, seed: int = 0) ->
     return shards
 
 
-def _mem_kb(pid: int) -> tuple[int, int]:
-    """(Rss, Pss_Anon) of one process in kB from /proc/PID/smaps_rollup, (0, 0) when it is gone. PSS splits pages
-    shared by forked workers between them, so the sum over the tree is the memory really used (RSS counts a page
-    once per process that maps it); Pss_Anon leaves out file-backed pages (memory-mapped arrow, libraries)."""
-    rss = anon = 0
+def _mem_kb(pid: int) -> tuple[int, int, int]:
+    """(Rss, Pss, Pss_Anon) of one process in kB from /proc/PID/smaps_rollup, zeros when it is gone. RSS counts every
+    page the process maps, shared ones (libraries, memory-mapped arrow files, pages a forked worker shares with its
+    parent) in full; PSS splits a shared page between the processes that map it, so the sum over the tree counts it
+    once; Pss_Anon leaves out file-backed pages (memory-mapped arrow, libraries)."""
+    vals = {"Rss:": 0, "Pss:": 0, "Pss_Anon:": 0}
     try:
         for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Rss:"):
-                rss = int(line.split()[1])
-            elif line.startswith("Pss_Anon:"):
-                anon = int(line.split()[1])
+            key = line.split(maxsplit=1)[0] if line else ""
+            if key in vals:
+                vals[key] = int(line.split()[1])
     except (FileNotFoundError, ProcessLookupError, PermissionError):
         pass
-    return rss, anon
+    return vals["Rss:"], vals["Pss:"], vals["Pss_Anon:"]
 
 
 def _tree(pid: int) -> list[int]:
@@ -148,8 +148,9 @@ def _tree(pid: int) -> list[int]:
 
 
 def run_build(cmd: list[str], env: dict, log_path: Path) -> dict:
-    """Run ``cmd``; peak RSS and anonymous memory of its process tree (sum over processes), sampled every 0.1 s."""
-    peak = {"rss_kb": 0, "anon_kb": 0, "procs": 0}
+    """Run ``cmd``; peaks over its process tree, sampled every 0.1 s: RSS summed over the processes (``rss_kb``), PSS
+    total (``pss_kb``), anonymous PSS (``anon_kb``) and the largest RSS of a single process (``max1_kb``)."""
+    peak = {"rss_kb": 0, "pss_kb": 0, "anon_kb": 0, "max1_kb": 0, "procs": 0}
     with open(log_path, "w") as log:
         t0 = time.monotonic()
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=PROJECT)
@@ -160,7 +161,9 @@ def run_build(cmd: list[str], env: dict, log_path: Path) -> dict:
                 pids = _tree(proc.pid)
                 mem = [_mem_kb(p) for p in pids]
                 peak["rss_kb"] = max(peak["rss_kb"], sum(m[0] for m in mem))
-                peak["anon_kb"] = max(peak["anon_kb"], sum(m[1] for m in mem))
+                peak["pss_kb"] = max(peak["pss_kb"], sum(m[1] for m in mem))
+                peak["anon_kb"] = max(peak["anon_kb"], sum(m[2] for m in mem))
+                peak["max1_kb"] = max([peak["max1_kb"]] + [m[0] for m in mem])
                 peak["procs"] = max(peak["procs"], len(pids))
                 stop.wait(0.1)
 
@@ -227,25 +230,31 @@ def main(argv: list[str] | None = None) -> int:
                  tokens=counts.get("pretrain/train/tokens", 0), blocks=counts.get("pretrain/train/packed_rows", 0),
                  load=os.getloadavg()[0])
         results.append(r)
-        print(f"  {r['seconds']:.0f} s, peak RSS {r['rss_kb'] / 1024:.0f} MB, PSS anon {r['anon_kb'] / 1024:.0f} MB",
-              flush=True)
+        print(f"  {r['seconds']:.0f} s, peak RSS (sum) {r['rss_kb'] / 1024:.0f} MB, PSS {r['pss_kb'] / 1024:.0f} MB, "
+              f"PSS anon {r['anon_kb'] / 1024:.0f} MB, largest process RSS {r['max1_kb'] / 1024:.0f} MB", flush=True)
         if not args.keep:
             shutil.rmtree(out, ignore_errors=True)
 
     b = results[0]
     load1 = os.getloadavg()
     print(f"\n=== chatmusician data: MusicPile-shaped synthetic corpus, data.num_proc={args.num_proc} ===")
-    print(f"{'input':>8s}{'docs':>9s}{'tokens':>12s}{'blocks':>9s}{'seconds':>9s}{'x':>6s}{'peak RSS MB':>13s}{'x':>6s}"
-          f"{'peak PSS anon MB':>18s}{'x':>6s}{'procs':>7s}{'load':>6s}")
+    cols = [("rss_kb", "RSS sum"), ("pss_kb", "PSS"), ("anon_kb", "PSS anon*"), ("max1_kb", "1-proc RSS")]
+    print(f"{'input':>8s}{'docs':>9s}{'tokens':>12s}{'blocks':>9s}{'seconds':>9s}{'x':>6s}"
+          + "".join(f"{name + ' MB':>15s}{'x':>6s}" for _, name in cols) + f"{'procs':>7s}{'load':>6s}")
     for r in results:
         print(f"{r['size_gb']:>6g}GB{r['docs']:>9d}{r['tokens']:>12d}{r['blocks']:>9d}{r['seconds']:>9.0f}"
-              f"{r['seconds'] / b['seconds']:>6.1f}{r['rss_kb'] / 1024:>13.0f}{r['rss_kb'] / b['rss_kb']:>6.2f}"
-              f"{r['anon_kb'] / 1024:>18.0f}{r['anon_kb'] / b['anon_kb']:>6.2f}{r['procs']:>7d}{r['load']:>6.1f}")
+              f"{r['seconds'] / b['seconds']:>6.1f}"
+              + "".join(f"{r[k] / 1024:>15.0f}{r[k] / max(1, b[k]):>6.2f}" for k, _ in cols)
+              + f"{r['procs']:>7d}{r['load']:>6.1f}")
     grow = sizes[-1] / sizes[0]
-    worst = max(r["rss_kb"] for r in results) / b["rss_kb"]
-    worst_anon = max(r["anon_kb"] for r in results) / b["anon_kb"]
-    print(f"input grew {grow:.0f}x; peak RSS grew {worst:.2f}x, peak PSS anon {worst_anon:.2f}x (target: within 2x); "
-          f"load average {load0[0]:.2f} at start, {load1[0]:.2f} at end")
+    ratio = {k: max(r[k] for r in results) / max(1, b[k]) for k, _ in cols}
+    print(f"input grew {grow:.0f}x; peak growth: " + ", ".join(f"{name.rstrip('*')} {ratio[k]:.2f}x" for k, name in cols)
+          + f"; load average {load0[0]:.2f} at start, {load1[0]:.2f} at end")
+    print(f"* the 2x target is judged on PSS anon ({ratio['anon_kb']:.2f}x: "
+          f"{'met' if ratio['anon_kb'] <= 2 else 'NOT met'}): anonymous pages are what a memory cgroup (Slurm --mem) "
+          "cannot reclaim and what gets a build OOM-killed; RSS and PSS also count clean file-backed pages of the "
+          "memory-mapped arrow files (and libraries), which the kernel drops under pressure. RSS sum counts a page "
+          "once per process mapping it; 1-proc RSS is the largest single process.")
     (work / "results.json").write_text(json.dumps(results, indent=1))
     if not args.out and not args.keep:
         shutil.rmtree(work, ignore_errors=True)

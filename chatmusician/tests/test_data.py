@@ -139,6 +139,10 @@ def test_build_reports_everything(tmp_path):
     assert c["sft/train/samples"] > 0 and c["pretrain/train/samples"] > 0
     out = tmp_path / "data"
     assert (out / "report.json").exists() and (out / "tokenizer" / "tokenizer.json").exists()
+    from chatmusician.data import resolve_num_proc
+
+    # pack batch boundaries follow the worker count: the manifest records it so a corpus can be rebuilt identically
+    assert json.loads((out / "report.json").read_text())["num_proc"] == resolve_num_proc(cfg.data.num_proc) >= 1
     for stage in ("sft", "pretrain"):
         assert (out / stage / "train.jsonl").exists() and (out / stage / "tokenized" / "dataset_dict.json").exists()
     import datasets
@@ -437,3 +441,120 @@ def test_cli_missing_inputs_and_missing_corpus_are_one_line_exit_2(tmp_path, cap
     assert err.startswith(f"chatmusician train: error: {tmp_path / 'data'}: no prepared corpus")
     assert "; build it with: chatmusician data " in err and f"data.out_dir={tmp_path / 'data'}" in err
     assert not (tmp_path / "run").exists()  # refused before the run folder was made
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Pretraining corpus built in windows (issue 13: memory flat as the corpus grows): the same rows as one map over the
+# whole corpus, and the build process never maps the tokenised corpus itself
+
+
+def _varied_pile(folder, n=150, seed=3):
+    import random
+
+    rng = random.Random(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    # lengths from a few tokens to several max_len chunks, so documents split into chunks and blocks span documents
+    rows = [{"id": str(i), "text": " ".join(f"w{rng.randint(0, 60)}" for _ in range(rng.choice([3, 40, 150, 700]))),
+             "src": "pile"} for i in range(n)]
+    _parquet(folder / "p.parquet", rows)
+    return folder
+
+
+def _built_rows(root):
+    import datasets
+
+    out = {"jsonl": (root / "data" / "pretrain" / "train.jsonl").read_text()}
+    for part in ("tokenized", "packed"):
+        ds = datasets.load_from_disk(str(root / "data" / "pretrain" / part))["train"]
+        out[part] = ds.to_dict()
+    return out
+
+
+@pytest.mark.parametrize("n_rows, num_proc", [(0, 2), (1, 1), (999, 2), (2000, 2), (2001, 3), (5000, 1), (12345, 4)])
+def test_pack_windows_are_whole_batches_of_one_map(n_rows, num_proc):
+    import datasets
+
+    from chatmusician.data import MAP_BATCH, pack_windows
+
+    # reference: where Dataset.map(batch_size=MAP_BATCH, num_proc=p) starts its batches (p contiguous shards)
+    p = num_proc if num_proc > 1 and n_rows >= 2 * MAP_BATCH else 1
+    ds = datasets.Dataset.from_dict({"i": list(range(n_rows))})
+    want = []
+    for r in range(p):
+        shard = ds.shard(num_shards=p, index=r, contiguous=True)["i"] if n_rows else []
+        want += [(shard[k], shard[min(len(shard), k + MAP_BATCH) - 1] + 1) for k in range(0, len(shard), MAP_BATCH)]
+    for batches in (1, 2, 5):
+        windows = pack_windows(n_rows, num_proc, batches)
+        got = [(b, min(hi, b + MAP_BATCH)) for lo, hi in windows for b in range(lo, hi, MAP_BATCH)]
+        assert got == want
+        assert all(hi - lo <= batches * MAP_BATCH for lo, hi in windows)
+
+
+def test_pretraining_windows_give_the_rows_of_one_map(tmp_path, tok_dir, monkeypatch):
+    import pyarrow.parquet as pq
+
+    from chatmusician import data as cm_data
+    from chatmusician.tokenization import load_tokenizer, pack_pretrain_blocks, tokenize_pretrain
+
+    pile = _varied_pile(tmp_path / "pile")
+    over = ["data.tunes=none", f"data.musicpile_dir={pile}", f"model.tokenizer={tok_dir}", "data.valid_fraction=0.0"]
+    monkeypatch.setattr(cm_data, "MAP_BATCH", 16)  # many pack batches (and two workers' shards) on a small corpus
+    one = build(tiny_config(tmp_path / "one", *over, "data.num_proc=2"))  # one tokenising window (2000 documents)
+    monkeypatch.setattr(cm_data, "PRETRAIN_WINDOW_DOCS", 7)
+    monkeypatch.setattr(cm_data, "PACK_WINDOW_BATCHES", 1)
+    many = build(tiny_config(tmp_path / "many", *over, "data.num_proc=2"))  # 22 tokenising, ~15 packing windows
+    assert many["counts"] == one["counts"] and many["fingerprint"] == one["fingerprint"]
+    a, b = _built_rows(tmp_path / "one"), _built_rows(tmp_path / "many")
+    assert a == b
+    # and both are what tokenising the shuffled documents and one 2-worker map of MAP_BATCH rows give
+    tok = load_tokenizer(str(tok_dir))
+    docs = [json.loads(x)["text"] for x in a["jsonl"].splitlines()]
+    assert sorted(docs) == sorted(pq.read_table(pile / "p.parquet").column("text").to_pylist())  # every one, once
+    chunks = [(c, j == 0) for d in docs for j, c in enumerate(tokenize_pretrain(tok, d, 256))]
+    assert a["tokenized"]["input_ids"] == [c["input_ids"] for c, _ in chunks]
+    assert a["tokenized"]["labels"] == [c["labels"] for c, _ in chunks]
+    n = len(chunks)
+    assert n >= 2 * 16 and one["counts"]["pretrain/chunked_docs"] > 0
+    want = {"input_ids": [], "labels": [], "position_ids": []}
+    for s in (0, n // 2 + n % 2):  # datasets' two contiguous shards, batches of 16 from each shard's start
+        e = n // 2 + n % 2 if s == 0 else n
+        for lo in range(s, e, 16):
+            part = chunks[lo:min(e, lo + 16)]
+            got = pack_pretrain_blocks([c["input_ids"] for c, _ in part], [c["labels"] for c, _ in part],
+                                       [st for _, st in part], 256)
+            for k in want:
+                want[k] += got[k]
+    assert a["packed"] == want and one["counts"]["pretrain/train/packed_rows"] == len(want["input_ids"])
+
+
+def test_the_build_process_never_maps_the_tokenised_pretraining_corpus(tmp_path, tok_dir, monkeypatch):
+    import os
+
+    import pyarrow as pa
+    import pyarrow.ipc
+
+    from chatmusician import data as cm_data
+
+    pile = _varied_pile(tmp_path / "pile", n=60)
+    opened, me, real = [], os.getpid(), pa.memory_map
+
+    def spy(path, *a, **k):  # the columns of what the build process itself maps (forked window workers are not us)
+        if os.getpid() == me:
+            with pa.OSFile(str(path)) as f:  # a datasets arrow file is an IPC stream: its schema comes first
+                opened.append((str(path), pa.ipc.open_stream(f).schema.names))
+        return real(path, *a, **k)
+
+    monkeypatch.setattr(pa, "memory_map", spy)
+    monkeypatch.setattr(cm_data, "PRETRAIN_WINDOW_DOCS", 9)
+    rep = build(tiny_config(tmp_path, "data.tunes=none", f"data.musicpile_dir={pile}", f"model.tokenizer={tok_dir}",
+                            "data.valid_fraction=0.0", "data.num_proc=2"))
+    assert rep["counts"]["pretrain/train/tokens"] > 0 and opened  # it did map its documents (and indices)
+    assert any("text" in names for _, names in opened)
+    for path, names in opened:
+        assert "input_ids" not in names, f"the build process mapped tokens: {path}"
+    # the corpus it wrote is complete: load_from_disk opens every window's file
+    import datasets
+
+    tok = datasets.load_from_disk(str(tmp_path / "data" / "pretrain" / "tokenized"))["train"]
+    assert sum(map(len, tok["input_ids"])) == rep["counts"]["pretrain/train/tokens"]
+    assert len(list((tmp_path / "data" / "pretrain" / "tokenized" / "train").glob("*.arrow"))) == 7

@@ -13,7 +13,12 @@ stays bounded by a batch, not by the corpus)::
       -> shuffle (``data.seed``) -> tokenise: Dataset.map(batched, num_proc) -> drop/truncate over-long SFT rows
       -> pack: SFT samples next-fit into rows of ``pack.length``; pretraining documents (+ EOS) cut into blocks of
          ``pack.length`` with positions restarting and the label masked at every document start
-      -> <out_dir>/{sft,pretrain}/{tokenized,packed} (save_to_disk), {train,valid}.jsonl, tokenizer/, report.json
+      -> <out_dir>/{sft,pretrain}/{tokenized,packed} (save_to_disk layout), {train,valid}.jsonl, tokenizer/, report.json
+
+The pretraining corpus (the one that reaches GBs) is tokenised and packed in windows (:func:`_build_pretrain`): each
+window runs in a forked process that exits when its window is written, and every window's arrow file is one file of
+the saved split, so no process keeps more than a window of the corpus memory-mapped (a process that reads a whole
+memory-mapped file keeps all of it in its RSS) and nothing is copied a second time to save it.
 
 The build writes into ``<out_dir>/.build-*`` and renames the finished parts into place; ``report.json`` (the
 manifest: fingerprint of the data-relevant config, tokenizer id, counts, per-file problems) is written last, so a
@@ -675,6 +680,7 @@ def _features():
         "sft_tok": datasets.Features({"input_ids": ids, "labels": ids, "src": s, "id": s,
                                       "overlong": datasets.Value("bool"), "has_target": datasets.Value("bool")}),
         "pt_tok": datasets.Features({"input_ids": ids, "labels": ids, "src": s, "doc_start": datasets.Value("bool")}),
+        "pt_chunks": datasets.Features({"input_ids": ids, "labels": ids, "src": s}),  # the saved pretraining chunks
         "packed": datasets.Features({"input_ids": ids, "labels": ids, "position_ids": ids}),
         "tokenized": datasets.Features({"input_ids": ids, "labels": ids}),
     }
@@ -950,26 +956,14 @@ def _build_into(cfg: ChatMusicianConfig, work: Path) -> dict:
             report[f"sft/{split}/packed_rows"] += len(packd[split])
     _save(work / "sft", tokd, packd)
 
-    # pretraining: documents + EOS, chunks of max_len (unpacked) and blocks of pack.length with document-aware labels
-    tokd, packd = {}, {}
-    for split in ("train", "valid"):
-        _write_jsonl(work / "pretrain" / f"{split}.jsonl", docs[split], ["text"], DOC_BATCH)
-        t = maps.map(docs[split], _tok_pretrain_batch, feats["pt_tok"], batch_size=DOC_BATCH,
-                     fn_kwargs={"tokenizer": tok, "max_len": d.max_len})
-        starts = _flags(t, "doc_start")
-        report["pretrain/chunked_docs"] += int((~starts[1:] & starts[:-1]).sum()) if len(starts) > 1 else 0
-        report[f"pretrain/{split}/samples"] += len(t)
-        report[f"pretrain/{split}/tokens"] += _column_sum(t, "input_ids", _list_length)
-        tokd[split] = t.remove_columns(["doc_start"])
-        if pack_ok:
-            packd[split] = maps.map(t.select_columns(["input_ids", "labels", "doc_start"]), _pack_pretrain_batch,
-                                    feats["packed"], fn_kwargs={"length": cfg.pack.length})
-            report[f"pretrain/{split}/packed_rows"] += len(packd[split])
-    _save(work / "pretrain", tokd, packd)
+    # pretraining: documents + EOS, chunks of max_len (unpacked) and blocks of pack.length with document-aware labels,
+    # built window by window in short-lived processes (the corpus grows, no process's mapped pages do)
+    _build_pretrain(work / "pretrain", docs, tok, cfg, report, maps.num_proc, pack_ok)
 
     return {"fingerprint": data_fingerprint(cfg), "tokenizer": tokenizer_source(cfg),
             "tokenizer_id": tokenizer_id(tok_dir), "pack_length": cfg.pack.length if pack_ok else None,
             "data_version": DATA_VERSION, "inputs": inputs_signature(cfg), "command": data_command(cfg),
+            "num_proc": maps.num_proc,  # pack batch boundaries follow the worker shards (README "Built once")
             "counts": dict(sorted(report.items())),
             "files": {p: dict(c) for p, c in report.files.items() if set(c) - {"rows"}}}  # files with a problem
 
@@ -1029,3 +1023,176 @@ def _save(folder: Path, tokd: dict, packd: dict) -> None:
     for name, dd in (("tokenized", tokd), ("packed", packd)):
         if name == "tokenized" or packd:
             datasets.DatasetDict({k: v for k, v in dd.items() if len(v)}).save_to_disk(str(folder / name))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Pretraining corpus in windows: every pass over the (memory-mapped) documents and tokens runs in a forked process
+# that handles one window and exits, so its mapped pages are unmapped with it. A long-lived process that reads a whole
+# arrow file through its memory map keeps every page it touched in its RSS (clean file-backed pages, but counted, and
+# summed over the workers), which grew the build's RSS with the corpus; windows keep it at a window's worth.
+
+PRETRAIN_WINDOW_DOCS = 2000  # documents per tokenising task (a window of the shuffled document order)
+PACK_WINDOW_BATCHES = 5  # pack batches (MAP_BATCH chunk rows each) per packing task
+_JOB: dict = {}  # what the forked window workers read: set by the parent right before a pool forks, cleared after
+
+
+def _run_windows(fn, tasks: list, num_proc: int, what: str) -> list:
+    """``[fn(task) for task in tasks]``, each call in a fresh forked process (``maxtasksperchild=1``: the worker's
+    memory maps close when it exits), ``num_proc`` at a time; results in task order. A worker's exception is raised
+    here. Logs one line per ~10% of the tasks."""
+    import multiprocessing as mp
+
+    if not tasks:
+        return []
+    out = []
+    every = max(1, len(tasks) // 10)
+    t0 = time.time()
+    env = os.environ.get("TOKENIZERS_PARALLELISM")
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # as datasets does for its workers: no thread pool across a fork
+    try:
+        with mp.get_context("fork").Pool(max(1, min(num_proc, len(tasks))), maxtasksperchild=1) as pool:
+            for k, r in enumerate(pool.imap(fn, tasks, chunksize=1), 1):
+                out.append(r)
+                if k % every == 0 or k == len(tasks):
+                    log.info("data: %s: %d/%d windows (%.0f s)", what, k, len(tasks), time.time() - t0)
+    finally:
+        if env is None:
+            os.environ.pop("TOKENIZERS_PARALLELISM", None)
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = env
+    return out
+
+
+def _tok_window(task: tuple) -> dict:
+    """Worker: documents ``[a, b)`` of the shuffled order -> their jsonl part and tokenised chunks written straight to
+    ``arrow`` (``input_ids`` [T], ``labels`` [T], ``src``). Returns rows, tokens and the ``doc_start`` flags [rows]."""
+    import numpy as np
+
+    a, b, arrow, jsonl = task
+    docs = _JOB["docs"].select(range(a, b))
+    _write_jsonl(Path(jsonl), docs, ["text"], DOC_BATCH)
+    starts: list[bool] = []
+
+    def tok(batch: dict) -> dict:
+        out = _tok_pretrain_batch(batch, _JOB["tok"], _JOB["max_len"])
+        starts.extend(out.pop("doc_start"))  # kept aside: the packing pass needs them, the saved corpus does not
+        return out
+
+    t = docs.map(tok, batched=True, batch_size=DOC_BATCH, features=_features()["pt_chunks"],
+                 remove_columns=docs.column_names, cache_file_name=str(arrow), new_fingerprint=f"cm-{uuid.uuid4().hex}")
+    return {"rows": len(t), "tokens": _column_sum(t, "input_ids", _list_length), "starts": np.array(starts, dtype=bool)}
+
+
+def _pack_window(task: tuple) -> int:
+    """Worker: chunk rows ``[lo, hi)`` (global) read from the tokenised shard files ``files`` (the first starting at
+    row ``first``) -> packed blocks (``input_ids``/``labels``/``position_ids`` [pack.length]) written to ``arrow``, in
+    batches of ``MAP_BATCH`` rows from ``lo``. Returns the number of blocks."""
+    import datasets
+
+    files, first, lo, hi, arrow = task
+    t = datasets.concatenate_datasets([datasets.Dataset.from_file(f) for f in files]).select(range(lo - first, hi - first))
+    starts = _JOB["starts"][lo:hi]
+
+    def pack(batch: dict, idx: list[int]) -> dict:
+        return pack_pretrain_blocks(batch["input_ids"], batch["labels"], starts[idx].tolist(), _JOB["length"])
+
+    p = t.select_columns(["input_ids", "labels"]).map(
+        pack, batched=True, batch_size=MAP_BATCH, with_indices=True, features=_features()["packed"],
+        remove_columns=["input_ids", "labels"], cache_file_name=str(arrow), new_fingerprint=f"cm-{uuid.uuid4().hex}")
+    return len(p)
+
+
+def pack_windows(n_rows: int, num_proc: int, batches: int = PACK_WINDOW_BATCHES) -> list[tuple[int, int]]:
+    """``[lo, hi)`` chunk-row windows of the packing pass, made of whole pack batches. The batches start where a
+    ``Dataset.map(batch_size=MAP_BATCH, num_proc=p)`` over all ``n_rows`` starts them (``p`` workers on contiguous
+    shards when the dataset is big enough, see ``_Maps``), so the blocks are the ones a single map would give."""
+    p = num_proc if num_proc > 1 and n_rows >= 2 * MAP_BATCH else 1
+    div, mod = divmod(n_rows, p)
+    out = []
+    for r in range(p):  # datasets' contiguous shard r: [div*r + min(r, mod), ...) of div (+1) rows
+        s = div * r + min(r, mod)
+        e = s + div + (1 if r < mod else 0)
+        out += [(lo, min(e, lo + batches * MAP_BATCH)) for lo in range(s, e, batches * MAP_BATCH)]
+    return out
+
+
+def _write_split_folder(folder: Path, files: list[str], features, rows: int) -> None:
+    """A ``save_to_disk``-layout split folder (``state.json`` + ``dataset_info.json``) over arrow files already in
+    ``folder``: what ``load_from_disk`` opens, without rewriting the data."""
+    import dataclasses
+
+    import datasets
+
+    info = dataclasses.asdict(datasets.DatasetInfo(features=features, dataset_size=0))
+    info["splits"] = None
+    state = {"_data_files": [{"filename": Path(f).name} for f in files], "_fingerprint": f"cm-{uuid.uuid4().hex[:12]}",
+             "_format_columns": list(features), "_format_kwargs": {}, "_format_type": None,
+             "_output_all_columns": False, "_split": None}
+    (folder / "state.json").write_text(json.dumps(state, indent=2, sort_keys=True))
+    (folder / "dataset_info.json").write_text(json.dumps({k: info[k] for k in sorted(info)}, indent=2))
+    log.info("data: %s: %d rows in %d files", folder, rows, len(files))
+
+
+def _build_pretrain(folder: Path, docs: dict, tok, cfg: ChatMusicianConfig, report: Report, num_proc: int,
+                    pack_ok: bool) -> None:
+    """``folder/{train,valid}.jsonl``, ``folder/tokenized`` and (``pack_ok``) ``folder/packed`` from the shuffled
+    documents ``docs[split]``, as ``save_to_disk`` folders: pass 1 tokenises windows of ``PRETRAIN_WINDOW_DOCS``
+    documents into one arrow file each (chunks of ``max_len``: ``input_ids``/``labels`` [T <= max_len], ``src``);
+    pass 2 packs windows of whole pack batches of those rows into blocks (:func:`pack_windows`). The rows are the ones
+    one map over the whole corpus gives; no process maps more than a window of it."""
+    import numpy as np
+
+    feats = _features()
+    parts = {"tokenized": [], "packed": []}
+    for split in ("train", "valid"):
+        n = len(docs[split])
+        jsonl = folder / f"{split}.jsonl"
+        jsonl.parent.mkdir(parents=True, exist_ok=True)
+        for key in ("chunked_docs", f"{split}/samples", f"{split}/tokens") + ((f"{split}/packed_rows",) if pack_ok else ()):
+            report[f"pretrain/{key}"] += 0  # every count in the manifest, zero for an empty split
+        if not n:
+            jsonl.write_text("")
+            continue
+        tdir, pdir, tmp = folder / "tokenized" / split, folder / "packed" / split, folder / f".parts-{split}"
+        for d in (tdir, tmp) + ((pdir,) if pack_ok else ()):
+            d.mkdir(parents=True, exist_ok=True)
+        bounds = [(a, min(n, a + PRETRAIN_WINDOW_DOCS)) for a in range(0, n, PRETRAIN_WINDOW_DOCS)]
+        tfiles = [str(tdir / f"data-{k:05d}-of-{len(bounds):05d}.arrow") for k in range(len(bounds))]
+        _JOB.update(docs=docs[split], tok=tok, max_len=cfg.data.max_len)
+        try:
+            res = _run_windows(_tok_window, [(a, b, f, tmp / f"{k:05d}.jsonl") for k, ((a, b), f)
+                                             in enumerate(zip(bounds, tfiles))], num_proc, f"pretrain/{split} tokenise")
+        finally:
+            _JOB.clear()
+        with open(jsonl, "wb") as out:  # the parts in window order: the shuffled documents, one per line
+            for k in range(len(bounds)):
+                with open(tmp / f"{k:05d}.jsonl", "rb") as part:
+                    shutil.copyfileobj(part, out, 1 << 20)
+        shutil.rmtree(tmp)
+        starts = np.concatenate([r["starts"] for r in res])
+        rows = int(len(starts))
+        report["pretrain/chunked_docs"] += int((~starts[1:] & starts[:-1]).sum()) if rows > 1 else 0
+        report[f"pretrain/{split}/samples"] += rows
+        report[f"pretrain/{split}/tokens"] += sum(r["tokens"] for r in res)
+        _write_split_folder(tdir, tfiles, feats["pt_chunks"], rows)
+        parts["tokenized"].append(split)
+        if not pack_ok:
+            continue
+        first = np.cumsum([0] + [r["rows"] for r in res])  # global row of each tokenised file's first row
+        tasks = []
+        windows = pack_windows(rows, num_proc)
+        for k, (lo, hi) in enumerate(windows):
+            i, j = int(np.searchsorted(first, lo, "right")) - 1, int(np.searchsorted(first, hi, "left"))
+            tasks.append((tfiles[i:j], int(first[i]), lo, hi, str(pdir / f"data-{k:05d}-of-{len(windows):05d}.arrow")))
+        _JOB.update(starts=starts, length=cfg.pack.length)
+        try:
+            blocks = _run_windows(_pack_window, tasks, num_proc, f"pretrain/{split} pack")
+        finally:
+            _JOB.clear()
+        report[f"pretrain/{split}/packed_rows"] += sum(blocks)
+        _write_split_folder(pdir, [t[-1] for t in tasks], feats["packed"], sum(blocks))
+        parts["packed"].append(split)
+    for name, splits in parts.items():
+        if name == "tokenized" or pack_ok:
+            (folder / name).mkdir(parents=True, exist_ok=True)
+            (folder / name / "dataset_dict.json").write_text(json.dumps({"splits": splits}))
