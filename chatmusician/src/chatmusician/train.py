@@ -25,9 +25,9 @@ from pathlib import Path
 import torch
 
 from musiccore.config import config_hash, to_dict
-from musiccore.hf import rank_info
+from musiccore.hf import deepspeed_setup, rank_info
 from musiccore.hf import resolve_precision as _resolve_precision
-from musiccore.runs import atomic_write_json, cache_dir, prepare_run_dir, runs_root
+from musiccore.runs import atomic_write_json, prepare_run_dir, runs_root
 
 from .config import ChatMusicianConfig, DeepSpeedConfig, LoraConfig
 
@@ -284,16 +284,9 @@ def train(cfg: ChatMusicianConfig) -> dict:
     if len(train_ds) == 0:
         raise RuntimeError(f"{cfg.data.out_dir}: no {cfg.data.stage} training samples (see report.json)")
 
-    ds_path = None
+    ds_config = None
     if cfg.deepspeed.enabled:
-        # DeepSpeed JIT-compiles its shm_comm op on first use (34-113 s on 2 cores): compile once into the cache
-        os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(cache_dir() / "torch_extensions"))
-        ds_path = run_dir / "deepspeed.json"
-        if rank == 0:
-            atomic_write_json(ds_path, deepspeed_dict(cfg.deepspeed, precision))
-        else:
-            while not ds_path.exists():
-                time.sleep(0.5)
+        ds_config = deepspeed_setup(run_dir, deepspeed_dict(cfg.deepspeed, precision), rank)
     os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(run_dir / "tb"))
     t = cfg.trainer
     args = TrainingArguments(
@@ -321,7 +314,7 @@ def train(cfg: ChatMusicianConfig) -> dict:
         dataloader_num_workers=t.num_workers,
         remove_unused_columns=False,
         report_to=["tensorboard"] if t.tensorboard and rank == 0 else "none",
-        deepspeed=str(ds_path) if ds_path else None,
+        deepspeed=ds_config,
         disable_tqdm=not os.isatty(2),
         ddp_find_unused_parameters=False if world > 1 else None,
         save_only_model=False,

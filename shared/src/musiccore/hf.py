@@ -232,3 +232,16 @@ def zero_info(trainer) -> dict | None:
     return {"stage": int(eng.zero_optimization_stage()), "optimizer": type(opt).__name__,
             "partitioned_fp32_numel": int(sum(t.numel() for t in flat)) if flat else 0,
             "offload_optimizer": bool(getattr(opt, "cpu_offload", False) or getattr(opt, "offload_optimizer", False))}
+
+
+def deepspeed_setup(run_dir: str | Path, ds_config: dict, rank: int) -> dict:
+    """Prepare a DeepSpeed run: returns ``ds_config`` for ``TrainingArguments(deepspeed=...)`` (every rank renders
+    the same dict from the same config, so no rank waits for another's file); global rank 0 saves it as
+    ``<run_dir>/deepspeed.json``, the run's record. DeepSpeed JIT-compiles its ops on first use (34-113 s on 2 cores),
+    so they are compiled once into ``$MUSIC_CACHE_DIR/torch_extensions`` unless ``TORCH_EXTENSIONS_DIR`` is set."""
+    from .runs import atomic_write_json, cache_dir
+
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(cache_dir() / "torch_extensions"))
+    if rank == 0:
+        atomic_write_json(Path(run_dir) / "deepspeed.json", ds_config)
+    return ds_config

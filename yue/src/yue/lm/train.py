@@ -37,9 +37,9 @@ import numpy as np
 import torch
 
 from musiccore.config import config_hash, to_dict
-from musiccore.hf import rank_info
+from musiccore.hf import deepspeed_setup, rank_info
 from musiccore.hf import resolve_precision as _resolve_precision
-from musiccore.runs import atomic_write_json, cache_dir, prepare_run_dir, runs_root
+from musiccore.runs import atomic_write_json, prepare_run_dir, runs_root
 from yue.lm.config import LMTrainConfig
 from yue.lm.data import (IGNORE_INDEX, REPORT_MAX_SONGS, BlockStream, Collator, DocumentBuilder, PreparedData,
                          eval_blocks, schedule_at, token_report, training_documents)  # fmt: skip
@@ -246,15 +246,7 @@ def train(cfg: LMTrainConfig) -> dict:
     t = cfg.trainer
     blocks_per_step = t.micro_batch * t.grad_accum * world
     stream = BlockStream(builder, train_songs, blocks_per_step, cfg.run.seed)
-    ds_path = None
-    if cfg.deepspeed.enabled:
-        os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(cache_dir() / "torch_extensions"))
-        ds_path = run_dir / "deepspeed.json"
-        if rank == 0:
-            atomic_write_json(ds_path, deepspeed_dict(cfg, precision))
-        else:
-            while not ds_path.exists():
-                time.sleep(0.5)
+    ds_config = deepspeed_setup(run_dir, deepspeed_dict(cfg, precision), rank) if cfg.deepspeed.enabled else None
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(run_dir / "tb")  # this run's folder (not one of an earlier call)
     args = TrainingArguments(
         output_dir=str(run_dir / "checkpoints"),
@@ -285,7 +277,7 @@ def train(cfg: LMTrainConfig) -> dict:
         accelerator_config={"dispatch_batches": False},
         remove_unused_columns=False,
         report_to=["tensorboard"] if t.tensorboard and rank == 0 else "none",
-        deepspeed=str(ds_path) if ds_path else None,
+        deepspeed=ds_config,
         disable_tqdm=not os.isatty(2),
         ddp_find_unused_parameters=False if world > 1 else None,
         save_only_model=False,
