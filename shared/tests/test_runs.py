@@ -73,6 +73,28 @@ def test_corrected_relaunch_takes_over_a_folder_without_work(tmp_path, caplog):
         prepare_run_dir(tmp_path / "file", Nested())
 
 
+def test_other_ranks_wait_for_rank_zeros_config(tmp_path):
+    """A rank other than 0 writes nothing and returns only once config.yaml is this run's config: a stale config of
+    an earlier run (which rank 0 is about to clear with fresh=true) does not release it; rank 0 never comes -> error."""
+    import threading
+    import time
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("lr: 0.5\n")  # an earlier run's config
+    done = threading.Event()
+    t = threading.Thread(target=lambda: (prepare_run_dir(run, C(), rank=1, timeout=60), done.set()))
+    t.start()
+    time.sleep(1.0)
+    assert not done.is_set() and sorted(p.name for p in run.iterdir()) == ["config.yaml"]
+    prepare_run_dir(run, C(), fresh=True)  # rank 0
+    t.join(30)
+    assert done.is_set()
+    with pytest.raises(RunDirError, match=r"rank 3 waited 1 s for rank 0"):
+        prepare_run_dir(tmp_path / "never", C(), rank=3, timeout=1)
+    assert not (tmp_path / "never").exists()
+
+
 def test_jsonl_and_json(tmp_path):
     append_jsonl(tmp_path / "m.jsonl", {"step": 1, "loss": 2.5})
     append_jsonl(tmp_path / "m.jsonl", {"step": 2, "loss": 2.0})

@@ -253,11 +253,7 @@ def train(cfg: ChatMusicianConfig) -> dict:
 
         transformers.utils.logging.disable_progress_bar()
     run_dir = run_dir_of(cfg)
-    if rank == 0:
-        prepare_run_dir(run_dir, cfg, fresh=cfg.run.fresh)
-    else:
-        while not (run_dir / "config.yaml").exists():
-            time.sleep(1)
+    prepare_run_dir(run_dir, cfg, fresh=cfg.run.fresh, rank=rank)  # rank 0 writes it, the others wait for it
     setup_logging(run_dir, rank)
     log.info("run folder %s (rank %d/%d)", run_dir, rank, world)
 

@@ -173,8 +173,13 @@ def _changed_keys(old_text: str, new_text: str, limit: int = 6) -> str:
     return ", ".join(shown) + (f" (+{len(keys) - limit} more)" if len(keys) > limit else "")
 
 
-def prepare_run_dir(run_dir: str | Path, cfg: Any, fresh: bool = False) -> Path:
+def prepare_run_dir(run_dir: str | Path, cfg: Any, fresh: bool = False, rank: int = 0,
+                    timeout: float = 1800.0) -> Path:
     """Create (or re-open, to resume) a run folder and record config, git state and environment.
+
+    In a distributed job only global ``rank`` 0 does this; every other rank waits (up to ``timeout`` seconds, then
+    :class:`RunDirError`) until the folder's ``config.yaml`` is this very config, so no rank logs into a folder that
+    rank 0 is still clearing (``fresh``) or about to refuse.
 
     Relaunching with the same resolved config resumes. A different config is refused with :class:`RunDirError`
     (pass ``fresh=True`` to clear the folder) once the folder holds work of a run (:func:`run_outputs`: checkpoints,
@@ -184,8 +189,17 @@ def prepare_run_dir(run_dir: str | Path, cfg: Any, fresh: bool = False) -> Path:
     """
     import logging
     import shutil
+    import time
 
     run_dir = Path(run_dir)
+    if rank != 0:
+        text, cfg_path, t0 = to_yaml(cfg), run_dir / "config.yaml", time.monotonic()
+        while not (cfg_path.is_file() and cfg_path.read_text() == text):
+            if time.monotonic() - t0 > timeout:
+                raise RunDirError(f"{run_dir}: rank {rank} waited {timeout:.0f} s for rank 0 to write this run's "
+                                  "config.yaml (did rank 0 stop with an error?)")
+            time.sleep(0.5)
+        return run_dir
     if fresh and run_dir.exists():
         shutil.rmtree(run_dir)
     if run_dir.exists() and not run_dir.is_dir():

@@ -190,11 +190,7 @@ def train(cfg: LMTrainConfig) -> dict:
     if not cfg.data.prepared:
         raise ValueError("data.prepared: the `yue prepare` folder to train on is required")
     run_dir = run_dir_of(cfg)
-    if rank == 0:
-        prepare_run_dir(run_dir, cfg, fresh=cfg.run.fresh)
-    else:
-        while not (run_dir / "config.yaml").exists():
-            time.sleep(1)
+    prepare_run_dir(run_dir, cfg, fresh=cfg.run.fresh, rank=rank)  # rank 0 writes it, the others wait for it
     setup_logging(run_dir, rank)
     log.info("%s training, run folder %s (rank %d/%d)", cfg.task, run_dir, rank, world)
 
